@@ -1,0 +1,169 @@
+"""MLflow tracking: the only module in the project that imports mlflow.
+
+- `check_reachable` fails at start (not after hours) when the store or server cannot be used.
+- `training_run` opens the run of one pre-training run (flattened config as params, the config YAML)
+  and ends it FINISHED, or FAILED when it raised or diverged.
+- `ReportToMLflow` is a Ray Train callback: it runs on the Train controller, which Ray pins to the
+  driver's node, so per-step metrics reach a tracking server bound to 127.0.0.1 on the head.
+- `log_metrics` / `log_artifact` log to the active run and are no-ops without one, so library code
+  (evaluation) can log unconditionally.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray.train import UserCallback
+
+
+class TrackingError(RuntimeError):
+    """The tracking store or server cannot be used."""
+
+
+def default_uri(output_dir: Path) -> str:
+    """A sqlite store in the output dir (MLflow's plain-directory store is deprecated)."""
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str) -> None:
+    """Raise TrackingError now if `uri` cannot take runs."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                ok = response.status == 200
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow server at {uri} is unreachable ({e}); start it (mlflow server --backend-store-uri "
+                "sqlite:///ABS/mlflow.db --host 127.0.0.1 --port 5000) or set tracking.uri=sqlite:///ABS/mlflow.db"
+            ) from None
+        if not ok:
+            raise TrackingError(f"MLflow server at {uri} answered /health with status {response.status}")
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(f"tracking.uri={uri}: cannot create {db.parent} ({e})") from None
+        if not db.parent.is_dir() or not _writable(db.parent):
+            raise TrackingError(f"tracking.uri={uri}: {db.parent} is not writable")
+    else:
+        raise TrackingError(f"tracking.uri={uri!r}: use sqlite:///ABS/PATH/mlflow.db or http(s)://host:port "
+                            "(MLflow's plain-directory store is deprecated)")
+
+
+def _writable(directory: Path) -> bool:
+    probe = directory / ".write_probe"
+    try:
+        probe.touch()
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}"""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    status: str = "FINISHED"  # how the run ends in MLflow: FINISHED, FAILED or KILLED
+
+    def set_outcome(self, outcome: str, note: str) -> None:
+        """Record how the run ended ('finished', 'diverged', ...) as tags; non-finished ends FAILED."""
+        mlflow.set_tags({"outcome": outcome, "outcome_note": note})
+        if outcome != "finished":
+            self.status = "FAILED"
+
+
+@contextmanager
+def training_run(uri: str, experiment: str, run_name: str, config: dict[str, Any],
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[RunHandle]:
+    """Open a run (nested under `parent_run_id` if given) and log the config. An exception ends it FAILED."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    handle = RunHandle(run.info.run_id)
+    try:
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
+        mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        yield handle
+    except BaseException:
+        handle.status = "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status=handle.status)
+
+
+def active() -> bool:
+    """True when an MLflow run is active in this process."""
+    return mlflow.active_run() is not None
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log scalar metrics to the active run (names like `probe/sst2/mean/acc`)."""
+    if active() and metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Attach a file or a directory to the active run."""
+    if not active():
+        return
+    path = Path(path)
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+class ReportToMLflow(UserCallback):
+    """Logs rank 0's reported metrics (every log step) to one MLflow run, from the Train controller."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri = uri
+        self.run_id = run_id
+        self._client: MlflowClient | None = None
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        self._client = self._client or MlflowClient(self.uri)
+        reported = metrics[0]
+        step = int(reported.get("step", 0))
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in reported.items()
+                 if isinstance(value, int | float) and key != "step" and math.isfinite(float(value))]
+        if batch:
+            self._client.log_batch(self.run_id, metrics=batch)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """[(step, value), ...] of one metric of a run, in logging order."""
+    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def read_run(uri: str, run_id: str) -> dict[str, Any]:
+    """A run's status, tags, params and latest metrics."""
+    run = MlflowClient(uri).get_run(run_id)
+    return {"status": run.info.status, "tags": dict(run.data.tags), "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics)}

@@ -1,0 +1,74 @@
+"""The shared text encoder: a Hugging Face model built from its config class, randomly initialised.
+
+Built with SDPA attention; honours padding masks; encodes a subset of positions when given their
+original position ids (the JEPA context). Exported with `save_pretrained`, so evaluation (and any
+HF tool) reloads it with `transformers.AutoModel`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+from transformers import AutoModel, BertConfig, BertModel, PreTrainedModel
+
+if TYPE_CHECKING:
+    from harness.config import ModelConfig
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def _bert(cfg: ModelConfig) -> PreTrainedModel:
+    config = BertConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=0,
+    )
+    return BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False)
+
+
+# One builder per architecture; each returns an HF encoder whose forward takes input_ids,
+# attention_mask and position_ids and whose output has `last_hidden_state`.
+ENCODERS: dict[str, Callable[[ModelConfig], PreTrainedModel]] = {"bert": _bert}
+
+
+def build_encoder(cfg: ModelConfig) -> PreTrainedModel:
+    if cfg.arch not in ENCODERS:
+        raise ValueError(f"model.arch={cfg.arch!r}: must be one of {sorted(ENCODERS)}")
+    return ENCODERS[cfg.arch](cfg)
+
+
+def encode(encoder: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor | None = None,
+           position_ids: Tensor | None = None) -> Tensor:
+    """Last hidden states (B, L, D). With `position_ids`, `input_ids` may be a gathered subset of a
+    sequence: each token keeps its original position. attention_mask=None means no padding."""
+    out = encoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    return out.last_hidden_state
+
+
+def export_encoder(encoder: PreTrainedModel, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write the encoder in HF format (config.json + model.safetensors), with the tokenizer beside it."""
+    out_dir = Path(out_dir)
+    encoder.save_pretrained(out_dir)
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tokenizer_dir) / name
+            if src.is_file():
+                shutil.copy2(src, out_dir / name)
+    return out_dir
+
+
+def load_exported(path: str | Path) -> PreTrainedModel:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not an HF export (no config.json); export with models.export_encoder")
+    return AutoModel.from_pretrained(path, attn_implementation="sdpa")

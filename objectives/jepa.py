@@ -1,0 +1,76 @@
+"""I-JEPA latent prediction for text: predict, from the visible context, the EMA target encoder's
+layer-normed latents of the clean tokens at the hidden target blocks.
+
+The step names its parts: forward_target (no grad), forward_context, predict, distance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models import encode
+from objectives.masking import MaskedBatch
+
+if TYPE_CHECKING:
+    from objectives import PretrainModule
+
+Distance = Callable[[Tensor, Tensor], Tensor]
+
+DISTANCES: dict[str, Distance] = {
+    "cosine": lambda pred, tgt: 1 - F.cosine_similarity(pred, tgt, dim=-1).mean(),  # the paper's
+    "smooth_l1": F.smooth_l1_loss,
+    "l2": F.mse_loss,
+}
+
+
+def gather_positions(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, L, D), idx (..., B, K) -> (..., B, K, D)."""
+    lead = idx.shape[:-2]
+    batch, k = idx.shape[-2:]
+    flat = idx.reshape(-1, batch, k).transpose(0, 1).reshape(batch, -1)  # (B, n*K)
+    out = x.gather(1, flat[..., None].expand(-1, -1, x.shape[-1]))
+    return out.view(batch, -1, k, x.shape[-1]).transpose(0, 1).reshape(*lead, batch, k, x.shape[-1])
+
+
+@torch.no_grad()
+def forward_target(module: PretrainModule, batch: MaskedBatch) -> Tensor:
+    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine."""
+    hidden = encode(module.nets.target, batch.input_ids, batch.attention_mask)
+    hidden = F.layer_norm(hidden, hidden.shape[-1:])
+    return gather_positions(hidden, batch.tgt_idx)
+
+
+def forward_context(module: PretrainModule, batch: MaskedBatch) -> Tensor:
+    """Context latents (B, Kc, D): the student on the context tokens only, at their original positions."""
+    tokens = batch.input_ids.gather(1, batch.ctx_idx)
+    return encode(module.nets.encoder, tokens, None, position_ids=batch.ctx_idx)
+
+
+def effective_rank(x: Tensor) -> Tensor:
+    """RankMe: exp of the entropy of the normalised singular values of x (N, D). A collapse check."""
+    s = torch.linalg.svdvals(x.float())
+    p = s / s.sum().clamp_min(1e-12)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+
+def jepa_term(module: PretrainModule, context: Tensor, batch: MaskedBatch, diagnostics: bool
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+    target = forward_target(module, batch)
+    pred = module.nets.predictor(context, batch.ctx_idx, batch.tgt_idx)
+    loss = DISTANCES[module.cfg.jepa_distance](pred.float(), target.float())
+    metrics = {"loss_jepa": loss.detach()}
+    if diagnostics:
+        metrics["target_std"] = target.float().std(dim=(0, 1, 2)).mean()
+        metrics["pred_erank"] = effective_rank(pred.detach().flatten(0, 2))
+    return loss, metrics
+
+
+def jepa_objective(module: PretrainModule, batch: MaskedBatch, diagnostics: bool
+                   ) -> tuple[Tensor, dict[str, Tensor]]:
+    loss, metrics = jepa_term(module, forward_context(module, batch), batch, diagnostics)
+    return loss, {"loss": loss.detach(), **metrics, "lambda": loss.new_ones(())}

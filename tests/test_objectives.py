@@ -1,0 +1,217 @@
+"""Models and objectives on real text: shapes, invariances, gradients, EMA, λ, overfitting, FLOPs, export."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import Config, load_config
+from models import encode, export_encoder, load_exported, momentum_at
+from objectives import OBJECTIVES, PretrainModule, get_objective, mask_plan
+from objectives.flops import measured_flops, shape_of, train_flops_per_step
+from objectives.jepa import forward_target
+from objectives.masking import MaskedBatch, SpecialTokens, mask_batch
+
+TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
+VARIANTS = [("mlm", 2), ("jepa", 2), ("hybrid", 2), ("hybrid", 1)]
+
+
+def tiny(name: str = "hybrid", passes: int = 2, *extra: str) -> Config:
+    return load_config(TINY, [f"objective.name={name}", f"objective.passes={passes}", "model.dropout=0.0", *extra])
+
+
+def masked(cfg: Config, ids: torch.Tensor, tokenizer, seed: int = 0, attn: torch.Tensor | None = None) -> MaskedBatch:
+    attn = torch.ones_like(ids) if attn is None else attn
+    return mask_batch(ids, attn, mask_plan(cfg), cfg.masking, SpecialTokens.from_tokenizer(tokenizer),
+                      torch.Generator().manual_seed(seed))
+
+
+def test_unknown_objective_names_the_valid_ones() -> None:
+    assert set(OBJECTIVES) == {"mlm", "jepa", "hybrid"}
+    with pytest.raises(KeyError, match=r"valid names: \['hybrid', 'jepa', 'mlm'\]"):
+        get_objective("simcse")
+
+
+def test_padding_never_changes_real_positions(padded_sentences) -> None:
+    ids, attn = padded_sentences
+    torch.manual_seed(0)
+    module = PretrainModule(tiny()).eval()
+    row = int(attn.sum(1).argmin())  # the shortest sentence, most padded
+    n = int(attn[row].sum())
+    with torch.no_grad():
+        padded = encode(module.nets.encoder, ids[row:row + 1], attn[row:row + 1])[0, :n]
+        alone = encode(module.nets.encoder, ids[row:row + 1, :n], attn[row:row + 1, :n])[0]
+        more = torch.cat([ids[row:row + 1], torch.zeros(1, 17, dtype=ids.dtype)], 1)
+        more_attn = torch.cat([attn[row:row + 1], torch.zeros(1, 17, dtype=attn.dtype)], 1)
+        longer = encode(module.nets.encoder, more, more_attn)[0, :n]
+    assert ids.shape[1] > n
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(longer, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_context_pass_equals_full_pass_restricted_to_context(packed_ids, tokenizer) -> None:
+    """Encoding gathered context tokens at their original positions == the full sequence with only the
+    context visible: the context encoder sees exactly the context, nothing of the targets."""
+    cfg = tiny("jepa")
+    ids = packed_ids(4, 64)
+    batch = masked(cfg, ids, tokenizer)
+    torch.manual_seed(0)
+    module = PretrainModule(cfg).eval()
+    with torch.no_grad():
+        gathered = encode(module.nets.encoder, ids.gather(1, batch.ctx_idx), None, position_ids=batch.ctx_idx)
+        visible = torch.zeros_like(ids).scatter_(1, batch.ctx_idx, 1)
+        full = encode(module.nets.encoder, ids, visible)
+    torch.testing.assert_close(gathered, full.gather(1, batch.ctx_idx[..., None].expand_as(gathered)),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_predictor_shapes_and_blocks_predicted_independently(packed_ids, tokenizer) -> None:
+    cfg = tiny("jepa")
+    batch = masked(cfg, packed_ids(4, 64), tokenizer)
+    torch.manual_seed(0)
+    predictor = PretrainModule(cfg).nets.predictor.eval()
+    context = torch.randn(4, batch.ctx_idx.shape[1], cfg.model.hidden_size)
+    with torch.no_grad():
+        pred = predictor(context, batch.ctx_idx, batch.tgt_idx)
+        moved = batch.tgt_idx.clone()
+        moved[1] = (moved[1] + 1) % 64
+        pred_moved = predictor(context, batch.ctx_idx, moved)
+    assert pred.shape == (*batch.tgt_idx.shape, cfg.model.hidden_size)
+    torch.testing.assert_close(pred[0], pred_moved[0])  # block 0 does not see block 1
+    assert not torch.allclose(pred[1], pred_moved[1])
+
+
+@pytest.mark.parametrize(("name", "passes"), VARIANTS)
+def test_gradients_reach_trained_parts_never_the_target(name: str, passes: int, packed_ids, tokenizer) -> None:
+    cfg = tiny(name, passes)
+    torch.manual_seed(0)
+    module = PretrainModule(cfg)
+    loss, metrics = module(masked(cfg, packed_ids(8, 64), tokenizer), diagnostics=True)
+    loss.backward()
+    trained = {"encoder": module.nets.encoder, "mlm_head": module.nets.mlm_head,
+               "predictor": module.nets.predictor, "weighting": module.weighting}
+    for part, net in trained.items():
+        if net is None:
+            continue
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), f"{part} has parameters without gradients"
+        assert sum(g.abs().sum().item() for g in grads) > 0, f"{part} got zero gradients"
+    if module.nets.target is not None:
+        assert all(p.grad is None and not p.requires_grad for p in module.nets.target.parameters())
+    expected = {"loss", "lambda"}
+    if name != "jepa":
+        expected |= {"loss_mlm", "mlm_acc"}
+    if name != "mlm":
+        expected |= {"loss_jepa", "target_std", "pred_erank", "ctx_len", "tgt_len", "ctx_tgt_overlap"}
+    assert expected <= set(metrics)
+    if name != "mlm":
+        assert metrics["ctx_tgt_overlap"] == 0 and metrics["pred_erank"] > 1
+
+
+def test_target_is_layer_normed_without_affine(packed_ids, tokenizer) -> None:
+    cfg = tiny("jepa")
+    module = PretrainModule(cfg)
+    target = forward_target(module, masked(cfg, packed_ids(4, 64), tokenizer))
+    torch.testing.assert_close(target.mean(-1), torch.zeros(target.shape[:-1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(target.var(-1, unbiased=False), torch.ones(target.shape[:-1]), atol=1e-3, rtol=0)
+
+
+def test_ema_update_arithmetic_and_schedule() -> None:
+    cfg = tiny("jepa")
+    module = PretrainModule(cfg)
+    with torch.no_grad():
+        for p in module.nets.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in module.nets.target.parameters()]
+    online = [p.clone() for p in module.nets.encoder.parameters()]
+    module.nets.update_target(0.9)
+    for t0, o, t1 in zip(before, online, module.nets.target.parameters(), strict=True):
+        torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * o)
+    assert momentum_at(0, 100, 0.996, 1.0) == 0.996
+    assert momentum_at(50, 100, 0.996, 1.0) == pytest.approx(0.998)
+    assert momentum_at(100, 100, 0.996, 1.0) == momentum_at(500, 100, 0.996, 1.0) == 1.0
+    assert not module.nets.train().target.training  # the target never runs dropout
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_learned_lambda_gradient_sign_follows_the_loss_gap(seed: int, packed_ids, tokenizer) -> None:
+    cfg = tiny("hybrid", 2, f"objective.lambda_init={0.2 + 0.2 * seed}")
+    torch.manual_seed(seed)
+    module = PretrainModule(cfg)
+    loss, metrics = module(masked(cfg, packed_ids(8, 64), tokenizer, seed=seed))
+    loss.backward()
+    gap = (metrics["loss_jepa"] - metrics["loss_mlm"]).item()
+    assert metrics["lambda"].item() == pytest.approx(cfg.objective.lambda_init)
+    assert torch.sign(module.weighting.w.grad).item() == pytest.approx(torch.sign(torch.tensor(gap)).item())
+
+
+def test_fixed_and_uncertainty_weighting(packed_ids, tokenizer) -> None:
+    fixed_cfg = tiny("hybrid", 2, "objective.weighting=fixed", "objective.lambda_init=0.3")
+    fixed = PretrainModule(fixed_cfg)
+    assert not list(fixed.weighting.parameters())
+    batch = masked(fixed_cfg, packed_ids(8, 64), tokenizer)
+    loss, m = fixed(batch)
+    torch.testing.assert_close(loss.detach(), 0.3 * m["loss_jepa"] + 0.7 * m["loss_mlm"])
+    unc = PretrainModule(tiny("hybrid", 2, "objective.weighting=uncertainty", "objective.lambda_init=0.3"))
+    loss, m = unc(batch)
+    assert m["lambda"].item() == pytest.approx(0.3)  # starts at the configured share
+    log_var = unc.weighting.log_var.detach()
+    torch.testing.assert_close(loss.detach(), 0.3 * m["loss_jepa"] + 0.7 * m["loss_mlm"] + 0.5 * log_var.sum())
+
+
+@pytest.mark.parametrize(("name", "passes"), VARIANTS)
+def test_overfits_one_real_batch(name: str, passes: int, packed_ids, tokenizer) -> None:
+    cfg = tiny(name, passes)
+    torch.manual_seed(0)
+    module = PretrainModule(cfg)
+    batch = masked(cfg, packed_ids(8, 64), tokenizer)
+    optimiser = torch.optim.AdamW(module.param_groups(0.0), lr=2e-3)
+    history = []
+    for step in range(40):
+        loss, metrics = module(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        module.nets.update_target(momentum_at(step, 40, 0.99, 1.0))
+        history.append({k: float(v) for k, v in metrics.items() if k.startswith("loss")})
+    for term in (k for k in history[0] if k != "loss"):
+        assert history[-1][term] < 0.5 * history[0][term], f"{term}: {history[0][term]:.3f} -> {history[-1][term]:.3f}"
+
+
+@pytest.mark.parametrize(("name", "passes"), VARIANTS)
+def test_analytic_flops_within_ten_percent_of_the_counter(name: str, passes: int, packed_ids, tokenizer) -> None:
+    cfg = tiny(name, passes, "model.hidden_size=128", "model.intermediate_size=512")
+    module = PretrainModule(cfg)
+    batch = masked(cfg, packed_ids(8, 64), tokenizer)
+
+    def step() -> None:
+        loss, _ = module(batch)
+        loss.backward()
+
+    measured = measured_flops(step)
+    assert train_flops_per_step(cfg, shape_of(batch)) == pytest.approx(measured, rel=0.10)
+    assert train_flops_per_step(cfg) == pytest.approx(measured, rel=0.10)  # expected mask sizes
+
+
+def test_export_reload_gives_identical_outputs(tmp_path: Path, padded_sentences, tokenizer_path: Path) -> None:
+    ids, attn = padded_sentences
+    module = PretrainModule(tiny()).eval()
+    out = export_encoder(module.nets.encoder, tmp_path / "export", tokenizer_path)
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    reloaded = load_exported(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encode(reloaded, ids, attn), encode(module.nets.encoder, ids, attn))
+    from transformers import AutoModel, AutoTokenizer
+
+    auto = AutoModel.from_pretrained(out)  # any HF tool reads it
+    assert AutoTokenizer.from_pretrained(out).vocab_size == 30522
+    with torch.no_grad():
+        torch.testing.assert_close(auto(input_ids=ids, attention_mask=attn).last_hidden_state,
+                                   encode(module.nets.encoder, ids, attn), atol=1e-5, rtol=1e-5)
+
+
+def test_tied_mlm_head_shares_the_embedding() -> None:
+    tied = PretrainModule(tiny("mlm")).nets
+    assert tied.mlm_head.decoder.weight is tied.encoder.get_input_embeddings().weight
+    untied = PretrainModule(tiny("mlm", 2, "model.tie_mlm_head=false")).nets
+    assert untied.mlm_head.decoder.weight is not untied.encoder.get_input_embeddings().weight

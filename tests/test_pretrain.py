@@ -1,0 +1,121 @@
+"""The Ray harness end to end: real Ray Train workers on prepared real Wikipedia, MLflow in sqlite."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from harness import tracking
+from harness.config import load_config
+from harness.pretrain import STATE_FILE, lr_multiplier, run_pretraining
+from harness.tracking import TrackingError
+
+TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory, ray_session) -> Path:
+    return tmp_path_factory.mktemp("pretrain")  # one data cache and one mlflow.db for the module
+
+
+def run(out: Path, name: str, *overrides: str) -> dict:
+    cfg = load_config(TINY, [f"output_dir={out}", "train.cpus_per_worker=0.5", *overrides])
+    return run_pretraining(cfg, run_name=name)
+
+
+def history(summary: dict, key: str) -> list[tuple[int, float]]:
+    return tracking.metric_history(summary["tracking_uri"], summary["mlflow_run_id"], key)
+
+
+def test_lr_schedule_first_step_at_warmup_lr_then_cosine() -> None:
+    assert lr_multiplier(0, 10, 100, 0.0) == pytest.approx(0.1)  # the first optimiser step is not at lr=0 nor full lr
+    assert lr_multiplier(9, 10, 100, 0.0) == pytest.approx(1.0)
+    assert lr_multiplier(55, 10, 100, 0.0) == pytest.approx(0.5)
+    assert lr_multiplier(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("objective", "passes"), [("mlm", 2), ("jepa", 2), ("hybrid", 2), ("hybrid", 1)])
+def test_two_workers_train_and_losses_fall(out: Path, objective: str, passes: int) -> None:
+    summary = run(out, f"{objective}-p{passes}", f"objective.name={objective}", f"objective.passes={passes}",
+                  "train.num_workers=2", "optim.max_steps=30", "train.log_every=5", "train.eval_every=15")
+    assert summary["outcome"] == "finished" and summary["steps"] == 30
+    terms = [k for k in ("train/loss_mlm", "train/loss_jepa") if objective in ("hybrid", k.rsplit("_", 1)[1])]
+    for term in ["train/loss", *terms]:
+        values = [v for _, v in history(summary, term)]
+        assert len(values) == 6 and values[-1] < values[0], f"{term} did not fall: {values}"
+    lambdas = [v for _, v in history(summary, "train/lambda")]
+    assert len(lambdas) == 6  # λ reported at every log step
+    recorded = tracking.read_run(summary["tracking_uri"], summary["mlflow_run_id"])
+    assert recorded["status"] == "FINISHED" and recorded["params"]["objective.name"] == objective
+    for key in ("perf/tokens_per_s", "perf/mfu", "perf/data_wait", "train/grad_norm", "train/lr", "val/loss_mlm"
+                if objective != "jepa" else "val/loss_jepa"):
+        assert key in recorded["metrics"], key
+    encoder = AutoModel.from_pretrained(summary["encoder"])  # the final encoder, in HF format
+    assert encoder.config.hidden_size == 64
+
+
+def test_worker_failure_resumes_from_the_last_checkpoint(out: Path) -> None:
+    summary = run(out, "fault", "train.num_workers=2", "optim.max_steps=12", "train.log_every=2",
+                  "train.checkpoint_every=4", "train.eval_every=0", "train.max_failures=1", "train.fail_at_step=6")
+    assert summary["outcome"] == "finished" and summary["steps"] == 12
+    assert (out / "runs" / "fault" / "fault_injected").exists()
+    steps = [s for s, _ in history(summary, "train/loss")]
+    # Steps 5-6 ran twice: the restarted workers resumed from the step-4 checkpoint, not from scratch.
+    assert steps == [2, 4, 6, 6, 8, 10, 12]
+
+
+def checkpoint_at(out: Path, run_name: str, step: int) -> Path:
+    for directory in sorted((out / "ray_results" / run_name).glob("checkpoint_*")):
+        if torch.load(directory / STATE_FILE, weights_only=False)["progress"]["step"] == step:
+            return directory
+    raise AssertionError(f"no checkpoint at step {step} in {run_name}")
+
+
+def test_resume_reproduces_the_uninterrupted_run(out: Path) -> None:
+    common = ["optim.max_steps=8", "train.log_every=1", "train.checkpoint_every=4", "train.keep_checkpoints=4",
+              "train.eval_every=0"]
+    straight = run(out, "straight", *common)
+    resumed = run(out, "resumed", *common, f"train.resume_from={checkpoint_at(out, 'straight', 4)}")
+    expected = dict(history(straight, "train/loss"))
+    got = dict(history(resumed, "train/loss"))
+    assert sorted(got) == [5, 6, 7, 8]
+    for step, loss in got.items():
+        assert loss == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
+
+
+def test_checkpoint_from_another_config_is_refused_before_training(out: Path) -> None:
+    if not (out / "ray_results" / "straight").is_dir():
+        run(out, "straight", "optim.max_steps=8", "train.checkpoint_every=4", "train.eval_every=0")
+    checkpoint = checkpoint_at(out, "straight", 4)
+    with pytest.raises(ValueError, match=r"checkpoint comes from another config: model\.hidden_size: checkpoint 64"):
+        run(out, "wrong", "model.hidden_size=128", f"train.resume_from={checkpoint}")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        run(out, "wrong", f"train.resume_from={out}")
+    assert not (out / "runs" / "wrong").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "fragment"),
+    [
+        ("data.source=/nonexistent/wiki", FileNotFoundError, "/nonexistent/wiki"),
+        ("data.tokenizer=/nonexistent/tokenizer", FileNotFoundError, "/nonexistent/tokenizer"),
+        ("tracking.uri=http://127.0.0.1:9", TrackingError, "unreachable"),
+        ("tracking.uri=./mlruns", TrackingError, "plain-directory store is deprecated"),
+        ("model.vocab_size=1000", ValueError, "model.vocab_size=1000 is smaller than the tokenizer"),
+    ],
+)
+def test_bad_inputs_fail_early_and_clearly(out: Path, override: str, error: type, fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        run(out, "bad", override)
+    assert not (out / "runs" / "bad").exists()
+
+
+def test_divergence_ends_the_run_with_its_step(out: Path) -> None:
+    summary = run(out, "diverge", "optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=0",
+                  "train.log_every=5", "train.eval_every=0")
+    assert summary["outcome"] == "diverged"
+    assert summary["note"].startswith("diverged at step ")
+    recorded = tracking.read_run(summary["tracking_uri"], summary["mlflow_run_id"])
+    assert recorded["status"] == "FAILED" and recorded["tags"]["outcome"] == "diverged"
+    assert recorded["metrics"]["diverged_at_step"] < 5
