@@ -7,8 +7,11 @@ study reuses the result:
     <cache_root>/<key>/val/*.parquet     each row [CLS] w_1 ... w_{seq_len-2} [SEP], never padded
     <cache_root>/<key>/manifest.json     written last: source, tokenizer, seq_len, counts, key, created
 
-`key` hashes the source identity (local: shard names, sizes and mtimes; hf://: the id string), the
-tokenizer (vocabulary, normalizer, pre-tokenizer), seq_len, val_fraction, max_documents and FORMAT_VERSION.
+A source is a local directory of *.parquet shards in the wikimedia/wikipedia schema, or
+hf://owner/name/config, whose shards are read straight from the Hub through huggingface_hub's HfFileSystem
+by the same code. `key` hashes the source identity (local: shard names, sizes and mtimes; hf://: the id
+string), the tokenizer (vocabulary, normalizer, pre-tokenizer), seq_len, val_fraction, max_documents and
+FORMAT_VERSION.
 A directory with a manifest is complete and is returned without any Ray work; one without a manifest is
 the leftover of an interrupted run and is removed and redone.
 
@@ -290,6 +293,18 @@ def _count_val_documents(shards: _Shards, max_documents: int | None, val_fractio
     return sum(is_val_document(doc_id, val_fraction) for doc_id in itertools.islice(ids, max_documents))
 
 
+def _counts(cfg: DataConfig, shards: _Shards, out: Path) -> dict[str, dict[str, int]]:
+    """Documents, sequences and tokens ([CLS] and [SEP] included) per split, from the written shards."""
+    total = sum(shards.rows) if cfg.max_documents is None else min(sum(shards.rows), cfg.max_documents)
+    n_val = _count_val_documents(shards, cfg.max_documents, cfg.val_fraction)
+    documents = {"train": total - n_val, "val": n_val}
+    counts = {}
+    for split in SPLITS:
+        sequences = sum(pq.ParquetFile(f).metadata.num_rows for f in (out / split).glob("*.parquet"))
+        counts[split] = {"documents": documents[split], "sequences": sequences, "tokens": sequences * cfg.seq_len}
+    return counts
+
+
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
     """An exclusive lock across this node's processes, so two trials never prepare one key at once."""
@@ -315,15 +330,6 @@ def prepare(cfg: DataConfig, cache_root: Path) -> Path:
         start = time.monotonic()
         log.info("preparing %s -> %s", cfg.source, out)
         _tokenize_and_write(cfg, shards, out)
-
-        n_docs = min(sum(shards.rows), cfg.max_documents or sum(shards.rows))
-        n_val = _count_val_documents(shards, cfg.max_documents, cfg.val_fraction)
-        documents = {"train": n_docs - n_val, "val": n_val}
-        counts = {}
-        for split in SPLITS:
-            sequences = sum(pq.ParquetFile(f).metadata.num_rows for f in (out / split).glob("*.parquet"))
-            counts[split] = {"documents": documents[split], "sequences": sequences,
-                             "tokens": sequences * cfg.seq_len}  # [CLS] and [SEP] included
         manifest = {
             "key": key,
             "format_version": FORMAT_VERSION,
@@ -334,7 +340,7 @@ def prepare(cfg: DataConfig, cache_root: Path) -> Path:
             "seq_len": cfg.seq_len,
             "val_fraction": cfg.val_fraction,
             "max_documents": cfg.max_documents,
-            "counts": counts,
+            "counts": _counts(cfg, shards, out),
             "seconds": round(time.monotonic() - start, 1),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
