@@ -209,7 +209,6 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(module)  # DDP (gloo on CPU, NCCL on GPU) when world > 1
     step_fn = torch.compile(model, dynamic=True) if cfg.train.compile else model
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # keep worker logs readable
     train_shard = ray.train.get_dataset_shard("train")
     val_batches = None
     if rank == 0 and cfg.train.eval_every:
@@ -328,7 +327,9 @@ def run_pretraining(cfg: Config, run_name: str | None = None, parent_run_id: str
 
     if not ray.is_initialized():
         ray.init()  # inside `ray job submit`, RAY_ADDRESS points at the cluster
-    datasets = read_prepared(prepare(data_cfg, output / "data"))
+    prepared = prepare(data_cfg, output / "data")
+    ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
+    datasets = read_prepared(prepared)
     run_name = run_name or f"{cfg.objective.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = output / "runs" / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -341,9 +342,11 @@ def run_pretraining(cfg: Config, run_name: str | None = None, parent_run_id: str
         trainer = build_trainer(cfg, train_loop_per_worker, loop_config, datasets, run_name,
                                 output / "ray_results", [tracking.ReportToMLflow(uri, run.run_id)])
         result = trainer.fit()
-        metrics = dict(result.metrics or {})
+        # Every report reached MLflow through the callback; Ray's result only keeps the metrics that
+        # came with a checkpoint, and a diverged run ends without one.
+        metrics = tracking.read_run(uri, run.run_id)["metrics"]
         summary: dict[str, Any] = {"run": run_name, "mlflow_run_id": run.run_id, "tracking_uri": uri,
-                                   "steps": metrics.get("step")}
+                                   "steps": int(metrics.get("step", 0))}
         if metrics.get("diverged"):
             note = f"diverged at step {int(metrics['diverged_at_step'])}: the loss became NaN/inf"
             run.set_outcome("diverged", note)

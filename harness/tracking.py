@@ -152,7 +152,7 @@ class ReportToMLflow(UserCallback):
         step = int(reported.get("step", 0))
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in reported.items()
-                 if isinstance(value, int | float) and key != "step" and math.isfinite(float(value))]
+                 if isinstance(value, int | float) and math.isfinite(float(value))]
         if batch:
             self._client.log_batch(self.run_id, metrics=batch)
 

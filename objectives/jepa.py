@@ -52,10 +52,14 @@ def forward_context(module: PretrainModule, batch: MaskedBatch) -> Tensor:
 
 
 def effective_rank(x: Tensor) -> Tensor:
-    """RankMe: exp of the entropy of the normalised singular values of x (N, D). A collapse check."""
-    s = torch.linalg.svdvals(x.float())
+    """RankMe: exp of the entropy of the normalised singular values of x (N, D). A collapse check.
+    NaN when x holds NaN/inf (a diverged step), decided on the device without a sync."""
+    x = x.float()
+    finite = torch.isfinite(x).all()
+    s = torch.linalg.svdvals(torch.where(finite, x, torch.zeros_like(x)))
     p = s / s.sum().clamp_min(1e-12)
-    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    erank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    return torch.where(finite, erank, torch.full_like(erank, float("nan")))
 
 
 def jepa_term(module: PretrainModule, context: Tensor, batch: MaskedBatch, diagnostics: bool

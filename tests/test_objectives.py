@@ -215,3 +215,13 @@ def test_tied_mlm_head_shares_the_embedding() -> None:
     assert tied.mlm_head.decoder.weight is tied.encoder.get_input_embeddings().weight
     untied = PretrainModule(tiny("mlm", 2, "model.tie_mlm_head=false")).nets
     assert untied.mlm_head.decoder.weight is not untied.encoder.get_input_embeddings().weight
+
+
+def test_effective_rank_of_constructed_inputs() -> None:
+    from objectives.jepa import effective_rank
+
+    gen = torch.Generator().manual_seed(0)
+    rank_one = torch.randn(256, 1, generator=gen) @ torch.randn(1, 32, generator=gen)
+    assert effective_rank(rank_one).item() == pytest.approx(1.0, abs=0.05)
+    assert effective_rank(torch.eye(32)).item() == pytest.approx(32.0)
+    assert torch.isnan(effective_rank(torch.full((8, 4), float("nan"))))

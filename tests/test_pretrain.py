@@ -35,34 +35,42 @@ def test_lr_schedule_first_step_at_warmup_lr_then_cosine() -> None:
     assert lr_multiplier(100, 10, 100, 0.1) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize(("objective", "passes"), [("mlm", 2), ("jepa", 2), ("hybrid", 2), ("hybrid", 1)])
-def test_two_workers_train_and_losses_fall(out: Path, objective: str, passes: int) -> None:
-    summary = run(out, f"{objective}-p{passes}", f"objective.name={objective}", f"objective.passes={passes}",
-                  "train.num_workers=2", "optim.max_steps=30", "train.log_every=5", "train.eval_every=15")
-    assert summary["outcome"] == "finished" and summary["steps"] == 30
+def assert_trained(summary: dict, objective: str, reports: int) -> None:
+    """The run finished, every loss term fell, and the run's record in MLflow is complete."""
+    assert summary["outcome"] == "finished"
     terms = [k for k in ("train/loss_mlm", "train/loss_jepa") if objective in ("hybrid", k.rsplit("_", 1)[1])]
     for term in ["train/loss", *terms]:
         values = [v for _, v in history(summary, term)]
-        assert len(values) == 6 and values[-1] < values[0], f"{term} did not fall: {values}"
-    lambdas = [v for _, v in history(summary, "train/lambda")]
-    assert len(lambdas) == 6  # λ reported at every log step
+        assert len(values) >= reports and values[-1] < values[0], f"{term} did not fall: {values}"
+    assert len(history(summary, "train/lambda")) >= reports  # λ reported at every log step
     recorded = tracking.read_run(summary["tracking_uri"], summary["mlflow_run_id"])
     assert recorded["status"] == "FINISHED" and recorded["params"]["objective.name"] == objective
-    for key in ("perf/tokens_per_s", "perf/mfu", "perf/data_wait", "train/grad_norm", "train/lr", "val/loss_mlm"
-                if objective != "jepa" else "val/loss_jepa"):
+    val_key = "val/loss_jepa" if objective == "jepa" else "val/loss_mlm"
+    for key in ("perf/tokens_per_s", "perf/mfu", "perf/data_wait", "train/grad_norm", "train/lr", val_key):
         assert key in recorded["metrics"], key
     encoder = AutoModel.from_pretrained(summary["encoder"])  # the final encoder, in HF format
     assert encoder.config.hidden_size == 64
 
 
+@pytest.mark.parametrize(("objective", "passes"), [("mlm", 2), ("jepa", 2), ("hybrid", 1)])
+def test_two_workers_train_and_losses_fall(out: Path, objective: str, passes: int) -> None:
+    summary = run(out, f"{objective}-p{passes}", f"objective.name={objective}", f"objective.passes={passes}",
+                  "train.num_workers=2", "optim.max_steps=30", "train.log_every=5", "train.eval_every=15")
+    assert summary["steps"] == 30
+    assert_trained(summary, objective, reports=6)
+
+
 def test_worker_failure_resumes_from_the_last_checkpoint(out: Path) -> None:
-    summary = run(out, "fault", "train.num_workers=2", "optim.max_steps=12", "train.log_every=2",
-                  "train.checkpoint_every=4", "train.eval_every=0", "train.max_failures=1", "train.fail_at_step=6")
-    assert summary["outcome"] == "finished" and summary["steps"] == 12
+    """Hybrid with two passes on 2 workers; the last worker raises once at step 16."""
+    summary = run(out, "fault", "objective.name=hybrid", "objective.passes=2", "train.num_workers=2",
+                  "optim.max_steps=30", "train.log_every=5", "train.checkpoint_every=10", "train.eval_every=15",
+                  "train.max_failures=1", "train.fail_at_step=16")
+    assert summary["steps"] == 30
     assert (out / "runs" / "fault" / "fault_injected").exists()
     steps = [s for s, _ in history(summary, "train/loss")]
-    # Steps 5-6 ran twice: the restarted workers resumed from the step-4 checkpoint, not from scratch.
-    assert steps == [2, 4, 6, 6, 8, 10, 12]
+    # Steps 11-16 ran twice: the restarted workers resumed from the step-10 checkpoint, not from scratch.
+    assert steps == [5, 10, 15, 15, 20, 25, 30], steps
+    assert_trained(summary, "hybrid", reports=6)
 
 
 def checkpoint_at(out: Path, run_name: str, step: int) -> Path:

@@ -1,0 +1,154 @@
+"""Frozen Hugging Face encoders -> per-token hidden states, computed once per task and split.
+
+Token states are kept ragged (all real tokens of all texts stacked, plus offsets), so padding never
+enters a cache and memory follows the real token count. `StateCache` memoises them in memory and,
+given a directory, on disk, keyed by encoder + task + split + max length (+ a hash of the texts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def load_encoder(
+    path: str | Path, tokenizer: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a Hugging Face encoder directory (config.json + weights) frozen, in eval mode, on CPU.
+
+    The tokenizer comes from `tokenizer` when given, else from the encoder directory itself.
+    Only local files are read: nothing is downloaded.
+    """
+    path, tok_path = check_encoder(path, tokenizer)
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    model.eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
+
+
+def check_encoder(path: str | Path, tokenizer: str | Path | None = None) -> tuple[Path, Path]:
+    """Fail early with a fix when the encoder or tokenizer folder is unusable; returns both paths."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"encoder {path} is not a Hugging Face model directory (no config.json there): "
+            "pass --encoder with a save_pretrained() directory"
+        )
+    tok_path = Path(tokenizer) if tokenizer is not None else path
+    if not any((tok_path / f).is_file() for f in TOKENIZER_FILES):
+        hint = "pass --tokenizer PATH" if tokenizer is None else "check --tokenizer"
+        raise FileNotFoundError(
+            f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {tok_path}: {hint} "
+            "(offline bert-base-uncased: ../shared/data/tokenizers/bert-base-uncased)"
+        )
+    return path, tok_path
+
+
+def encoder_key(path: str | Path) -> str:
+    """Cache key of an encoder: its directory name plus a hash of its path, config and weight files."""
+    path = Path(path).resolve()
+    h = hashlib.sha1(str(path).encode())
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in (".safetensors", ".bin") or f.name == "config.json"):
+            stat = f.stat()
+            h.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{path.name}-{h.hexdigest()[:10]}"
+
+
+@dataclass
+class TokenStates:
+    """Last-layer states of the real tokens of n texts: text i is rows offsets[i]:offsets[i+1]."""
+
+    states: np.ndarray  # (total_tokens, hidden) float32
+    input_ids: np.ndarray  # (total_tokens,) int64
+    offsets: np.ndarray  # (n + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def dim(self) -> int:
+        return self.states.shape[1]
+
+    def ids(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def padded(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (len(idx), max_len, hidden) states and their (len(idx), max_len) bool mask."""
+        lengths = self.offsets[idx + 1] - self.offsets[idx]
+        positions = np.arange(int(lengths.max()))[None, :]
+        mask = positions < lengths[:, None]
+        h = np.zeros((*mask.shape, self.dim), dtype=np.float32)
+        h[mask] = self.states[(self.offsets[idx][:, None] + positions)[mask]]
+        return torch.from_numpy(h), torch.from_numpy(mask)
+
+
+@torch.no_grad()
+def encode(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_len: int = 128,
+    batch_size: int = 64,
+    log: bool = True,
+) -> TokenStates:
+    """Run the frozen encoder over texts in length-sorted batches with attention masks."""
+    ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+    lengths = np.array([len(x) for x in ids])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    states = np.empty((offsets[-1], model.config.hidden_size), dtype=np.float32)
+    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding work
+    for b, start in enumerate(range(0, len(texts), batch_size)):
+        idx = order[start : start + batch_size]
+        mask = torch.from_numpy(np.arange(lengths[idx].max())[None, :] < lengths[idx][:, None])
+        input_ids = torch.full(mask.shape, tokenizer.pad_token_id or 0, dtype=torch.long)
+        input_ids[mask] = torch.cat([torch.tensor(ids[i]) for i in idx])
+        out = model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        for row, i in enumerate(idx):
+            states[offsets[i] : offsets[i + 1]] = out[row][mask[row]].float().numpy()
+        if log and (b + 1) % 50 == 0:
+            print(f"    encoded {min(start + batch_size, len(texts))}/{len(texts)} texts", flush=True)
+    return TokenStates(states, np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), offsets)
+
+
+class StateCache:
+    """Token states of one encoder, computed once per (task, split) and reused by every pooling."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        key: str,
+        max_len: int = 128,
+        batch_size: int = 64,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.key = model, tokenizer, key
+        self.max_len, self.batch_size = max_len, batch_size
+        self.cache_dir = cache_dir
+        self._memory: dict[str, TokenStates] = {}
+
+    def get(self, task: str, split: str, texts: list[str]) -> TokenStates:
+        digest = hashlib.sha1("\x00".join(texts).encode()).hexdigest()[:10]
+        name = f"{task}-{split}-len{self.max_len}-{digest}"
+        if name in self._memory:
+            return self._memory[name]
+        file = self.cache_dir / self.key / f"{name}.npz" if self.cache_dir is not None else None
+        if file is not None and file.is_file():
+            with np.load(file) as z:
+                states = TokenStates(z["states"], z["input_ids"], z["offsets"])
+            print(f"  {task}/{split}: {len(texts)} texts from cache {file}", flush=True)
+        else:
+            print(f"  {task}/{split}: encoding {len(texts)} texts", flush=True)
+            states = encode(self.model, self.tokenizer, texts, self.max_len, self.batch_size)
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(file, states=states.states, input_ids=states.input_ids, offsets=states.offsets)
+        self._memory[name] = states
+        return states

@@ -1,0 +1,180 @@
+"""Geometry of a cloud of N sentence embeddings x (N, d).
+
+Every metric accepts bootstrap weights `w`: None (each point once), (N,) or (B, N) multiplicities
+(a resample drawn with replacement is the count of each original point in it). With (B, N) the
+result is (B,) values, one per resample. Pairwise metrics average over pairs of distinct original
+points, pair (i, j) weighted w_i * w_j, so a duplicated point never pairs with itself.
+
+Definitions (x_hat = x / ||x||):
+- uniformity: log mean_{i != j} exp(-t ||x_hat_i - x_hat_j||^2), t = 2 (Wang & Isola 2020);
+  "centred" subtracts the cloud mean (of the full sample) before normalising.
+- alignment: mean ||x_hat - y_hat||^2 (alpha = 2) over positive pairs (x, y).
+- spectrum: eigenvalues of the covariance of x (centred); RankMe uses singular values of raw x.
+- effective rank (RankMe, Garrido et al. 2023): exp(entropy of singular values / their sum).
+- spectral entropy: entropy of covariance eigenvalues / their sum, divided by log d (0..1).
+- stable rank: sum of covariance eigenvalues / the largest one.
+- alpha-ReQ (Agrawal et al. 2022): least-squares slope alpha of log lambda_i = c - alpha log i,
+  with its fit R^2, over the eigenvalues above 1e-10 of the largest.
+- IsoScore (Rudman et al. 2022): from covariance eigenvalues, as in the IsoScore package.
+- mean cosine: mean_{i != j} cos(x_i, x_j).
+- class distance ratio: mean Euclidean distance of same-class pairs / that of different-class pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.linear_model import RidgeClassifier
+from sklearn.preprocessing import StandardScaler
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+
+
+def pair_mean(m: np.ndarray, w: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    """Weighted mean of m[i, j] over pairs i != j (restricted to mask), pair weight w_i * w_j."""
+    w2 = np.ones((1, len(m))) if w is None else np.atleast_2d(w).astype(float)
+    sel = np.ones_like(m) if mask is None else mask.astype(float)
+    m = m * sel
+
+    def offdiag_sum(a: np.ndarray) -> np.ndarray:
+        return ((w2 @ a) * w2).sum(1) - (w2**2 * np.diag(a)).sum(1)
+
+    out = offdiag_sum(m) / offdiag_sum(sel)
+    return out if w is not None and np.ndim(w) == 2 else out[0]
+
+
+def sq_dists(x_hat: np.ndarray) -> np.ndarray:
+    """Squared distances of unit vectors: 2 - 2 cos."""
+    return np.clip(2.0 - 2.0 * x_hat @ x_hat.T, 0.0, None)
+
+
+def uniformity(x: np.ndarray, t: float = 2.0, centered: bool = False, w: np.ndarray | None = None):
+    x_hat = normalize(x - x.mean(0) if centered else x)
+    return np.log(pair_mean(np.exp(-t * sq_dists(x_hat)), w))
+
+
+def alignment(u: np.ndarray, v: np.ndarray, w: np.ndarray | None = None):
+    """Mean ||u_hat - v_hat||^2 over positive pairs (u_i, v_i)."""
+    d = ((normalize(u) - normalize(v)) ** 2).sum(-1)
+    w = np.ones(len(u)) if w is None else w
+    return (w * d).sum(-1) / w.sum(-1)
+
+
+def alignment_same_label(x: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None):
+    """Alignment with every same-label pair (i != j) as a positive pair."""
+    return pair_mean(sq_dists(normalize(x)), w, labels[:, None] == labels[None, :])
+
+
+def mean_cosine(x: np.ndarray, w: np.ndarray | None = None):
+    x_hat = normalize(x)
+    return pair_mean(x_hat @ x_hat.T, w)
+
+
+def class_distance_ratio(x: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None):
+    sq = (x * x).sum(1)
+    dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0, None))
+    same = labels[:, None] == labels[None, :]
+    return pair_mean(dist, w, same) / pair_mean(dist, w, ~same)
+
+
+def spectrum(
+    x: np.ndarray, w: np.ndarray | None = None, centered: bool = True, chunk: int = 16
+) -> np.ndarray:
+    """Descending eigenvalues of the (weighted) covariance, or of x^T x when not centred."""
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    wt = torch.ones(1, len(x), dtype=torch.float64) if w is None else torch.from_numpy(np.atleast_2d(w) * 1.0)
+    out = []
+    for ws in wt.split(chunk):
+        gram = (xt.T.unsqueeze(0) * ws.unsqueeze(1)) @ xt  # (b, d, d) = x^T diag(w) x
+        if centered:
+            s = ws.sum(1)[:, None, None]
+            mu = (ws @ xt).unsqueeze(2) / s  # (b, d, 1)
+            gram = (gram - s * mu @ mu.transpose(1, 2)) / (s - 1)
+        out.append(torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0))
+    eig = torch.cat(out).numpy()
+    return eig if w is not None and np.ndim(w) == 2 else eig[0]
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    p = p / p.sum(-1, keepdims=True)
+    return -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(-1)
+
+
+def rankme(singular_values: np.ndarray) -> np.ndarray:
+    return np.exp(_entropy(singular_values))
+
+
+def spectral_entropy(eigs: np.ndarray) -> np.ndarray:
+    return _entropy(eigs) / np.log(eigs.shape[-1])
+
+
+def stable_rank(eigs: np.ndarray) -> np.ndarray:
+    return eigs.sum(-1) / eigs.max(-1)
+
+
+def alpha_req(eigs: np.ndarray) -> tuple[float, float]:
+    """(alpha, R^2) of the log-log least-squares fit of one spectrum; NaN below 3 eigenvalues."""
+    lam = eigs[eigs > eigs.max() * 1e-10]
+    if len(lam) < 3:
+        return float("nan"), float("nan")
+    log_i, log_lam = np.log(np.arange(1, len(lam) + 1)), np.log(lam)
+    slope, intercept = np.polyfit(log_i, log_lam, 1)
+    resid = log_lam - (slope * log_i + intercept)
+    r2 = 1.0 - (resid**2).sum() / ((log_lam - log_lam.mean()) ** 2).sum()
+    return float(-slope), float(r2)
+
+
+def isoscore(eigs: np.ndarray) -> np.ndarray:
+    """IsoScore from the d covariance eigenvalues (1 = isotropic, ~0 = one direction)."""
+    n = eigs.shape[-1]
+    normed = eigs * np.sqrt(n) / np.linalg.norm(eigs, axis=-1, keepdims=True)
+    defect = np.linalg.norm(normed - 1.0, axis=-1) / np.sqrt(2 * (n - np.sqrt(n)))
+    return ((n - defect**2 * (n - np.sqrt(n))) ** 2 - n) / (n * (n - 1))
+
+
+def spectral_metrics(x: np.ndarray, w: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every spectrum-based metric, computing each spectrum once (per bootstrap resample)."""
+    eigs = spectrum(x, w)
+    singular = np.sqrt(spectrum(x, w, centered=False))
+    fits = np.array([alpha_req(e) for e in np.atleast_2d(eigs)])
+    batched = eigs.ndim == 2
+    return {
+        "effective_rank": rankme(singular),
+        "spectral_entropy": spectral_entropy(eigs),
+        "stable_rank": stable_rank(eigs),
+        "alpha_req": fits[:, 0] if batched else fits[0, 0],
+        "alpha_req_r2": fits[:, 1] if batched else fits[0, 1],
+        "isoscore": isoscore(eigs),
+    }
+
+
+def lexical_targets(token_ids: list[np.ndarray], special_ids: set[int]) -> np.ndarray:
+    """Each sentence's most frequent non-special token id (ties: the earliest); -1 if there is none."""
+    out = np.full(len(token_ids), -1, dtype=np.int64)
+    for i, ids in enumerate(token_ids):
+        ids = [t for t in ids.tolist() if t not in special_ids]
+        if ids:
+            out[i] = max(dict.fromkeys(ids), key=ids.count)  # dict keeps first-occurrence order
+    return out
+
+
+def lexical_probe(x: np.ndarray, targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per test sentence: (probe correct, majority baseline correct) on a seeded 50/50 split.
+
+    A linear one-vs-rest ridge classifier (alpha = 1, standardised inputs; closed form, so cheap
+    with hundreds of classes) learns the target token on one half; the baseline predicts the most
+    frequent target of that half. Targets unseen in the first half count as errors.
+    """
+    order = np.random.default_rng(seed).permutation(len(x))
+    fit, test = order[: len(x) // 2], order[len(x) // 2 :]
+    classes, counts = np.unique(targets[fit], return_counts=True)
+    majority = classes[np.argmax(counts)]
+    if len(classes) < 2:
+        pred = np.full(len(test), majority)
+    else:
+        scaler = StandardScaler().fit(x[fit])
+        clf = RidgeClassifier(alpha=1.0).fit(scaler.transform(x[fit]), targets[fit])
+        pred = clf.predict(scaler.transform(x[test]))
+    return pred == targets[test], np.asarray(targets[test] == majority)

