@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -12,20 +11,23 @@ GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, 
 
 
 def measure_matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype = torch.float32,
-                         repeats: int = 7) -> float:
-    """Median FLOP/s of an (m x k) @ (k x n) matmul: the practical peak at a model's own GEMM shape."""
+                         min_seconds: float = 1.0, min_repeats: int = 10) -> float:
+    """Best FLOP/s of an (m x k) @ (k x n) matmul repeated for >= min_seconds: the practical peak at a
+    model's own GEMM shape. The best, not the median: a busy neighbour can only make a run slower."""
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
-    timings = []
-    for _ in range(repeats + 1):  # the first run warms up
+    a @ b  # warm up (thread pools, kernels)
+    best, spent, repeats = 0.0, 0.0, 0
+    while spent < min_seconds or repeats < min_repeats:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - start)
-    return 2 * m * k * n / statistics.median(timings[1:])
+        elapsed = time.perf_counter() - start
+        best, spent, repeats = max(best, 2 * m * k * n / elapsed), spent + elapsed, repeats + 1
+    return best
 
 
 def peak_flops(configured: float | None, device: torch.device,
