@@ -113,23 +113,28 @@ class Meter:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # device tensors (loss terms, λ, grad norm)
+        self.host_sums: dict[str, float] = {}  # host floats (the batch's mask statistics): no copy to the device
         self.counts: dict[str, int] = {}
         self.first_bad_step = torch.tensor(_NO_BAD_STEP, device=device)
 
     def add(self, metrics: dict[str, torch.Tensor | float], step: int, loss: torch.Tensor) -> None:
         for key, value in metrics.items():
-            value = torch.as_tensor(value, device=self.device, dtype=torch.float32)
-            self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+            if isinstance(value, torch.Tensor):
+                self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+            else:
+                self.host_sums[key] = self.host_sums.get(key, 0.0) + float(value)
             self.counts[key] = self.counts.get(key, 0) + 1
         bad = ~torch.isfinite(loss.detach())
         self.first_bad_step = torch.where(bad, self.first_bad_step.clamp(max=step), self.first_bad_step)
 
     def read(self, prefix: str) -> dict[str, float]:
         keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist() if keys else []
-        self.sums, self.counts = {}, {}
-        return {f"{prefix}{k}": v for k, v in zip(keys, values, strict=True)}
+        values = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist() if keys else []  # the sync
+        means = dict(zip(keys, values, strict=True))
+        means.update({k: v / self.counts[k] for k, v in self.host_sums.items()})
+        self.sums, self.host_sums, self.counts = {}, {}, {}
+        return {f"{prefix}{k}": v for k, v in sorted(means.items())}
 
     def diverged_at(self) -> int | None:
         """The first step whose loss was not finite, agreed across workers."""

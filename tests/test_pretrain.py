@@ -127,3 +127,15 @@ def test_divergence_ends_the_run_with_its_step(out: Path) -> None:
     recorded = tracking.read_run(summary["tracking_uri"], summary["mlflow_run_id"])
     assert recorded["status"] == "FAILED" and recorded["tags"]["outcome"] == "diverged"
     assert recorded["metrics"]["diverged_at_step"] < 5
+
+
+def test_meter_means_host_and_device_metrics_and_finds_the_first_bad_step() -> None:
+    from harness.pretrain import Meter
+
+    meter = Meter(torch.device("cpu"))
+    meter.add({"loss": torch.tensor(2.0), "ctx_len": 10.0}, step=0, loss=torch.tensor(2.0))
+    meter.add({"loss": torch.tensor(4.0), "ctx_len": 20.0}, step=1, loss=torch.tensor(float("nan")))
+    meter.add({"loss": torch.tensor(6.0), "ctx_len": 30.0}, step=2, loss=torch.tensor(float("inf")))
+    assert meter.read("train/") == {"train/ctx_len": 20.0, "train/loss": 4.0}
+    assert meter.read("train/") == {}  # reading resets the sums
+    assert meter.diverged_at() == 1
