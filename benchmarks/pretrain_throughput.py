@@ -20,7 +20,7 @@ import torch
 from harness import tracking
 from harness.config import load_config
 from harness.perf import measure_matmul_flops
-from harness.pretrain import run_pretraining
+from harness.pretrain import ffn_gemm_shape, run_pretraining, worker_threads
 
 VARIANTS = {"mlm": ["objective.name=mlm"], "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
             "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"]}
@@ -44,9 +44,8 @@ def main() -> None:
         for variant, overrides in VARIANTS.items():
             cfg = load_config(args.config, common + overrides)
             summary = run_pretraining(cfg, run_name=f"{variant}-r{round_}")
-            torch.set_num_threads(cfg.train.torch_threads or max(1, round(cfg.train.cpus_per_worker)))
-            gemm = (cfg.optim.batch_size * cfg.data.seq_len, cfg.model.hidden_size, cfg.model.intermediate_size)
-            peaks.append(measure_matmul_flops(*gemm, device=torch.device("cpu")))
+            torch.set_num_threads(worker_threads(cfg))
+            peaks.append(measure_matmul_flops(*ffn_gemm_shape(cfg), device=torch.device("cpu")))
             for metric in METRICS:
                 values = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["mlflow_run_id"],
                                                                 metric)][1:]  # skip the warm-up interval

@@ -63,6 +63,16 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def worker_threads(cfg: Config) -> int:
+    """Torch threads of a worker: train.torch_threads, else its CPU share rounded (at least 1)."""
+    return cfg.train.torch_threads or max(1, round(cfg.train.cpus_per_worker))
+
+
+def ffn_gemm_shape(cfg: Config) -> tuple[int, int, int]:
+    """(tokens of a batch, width, FFN width): the GEMM whose matmul rate MFU is measured against on CPU."""
+    return cfg.optim.batch_size * cfg.data.seq_len, cfg.model.hidden_size, cfg.model.intermediate_size
+
+
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed from integer parts (seed, rank, epoch, step, ...)."""
     value = 0x9E3779B97F4A7C15
@@ -186,7 +196,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.set_num_threads(cfg.train.torch_threads or max(1, round(cfg.train.cpus_per_worker)))
+    torch.set_num_threads(worker_threads(cfg))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -220,8 +230,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         val_batches = held_out_batches(ray.train.get_dataset_shard("val"), cfg, specials)
     tokens_per_step = o.batch_size * cfg.data.seq_len
     flops_per_step = train_flops_per_step(cfg)
-    gemm = (tokens_per_step, cfg.model.hidden_size, cfg.model.intermediate_size)  # the FFN's GEMM
-    peak, peak_source = peak_flops(cfg.train.peak_flops, device, gemm)
+    peak, peak_source = peak_flops(cfg.train.peak_flops, device, ffn_gemm_shape(cfg))
     meter = Meter(device)
     fault_marker = Path(loop["fault_marker"]) if loop.get("fault_marker") else None
     interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
