@@ -77,10 +77,37 @@ def run_suite(
         print(f"[eval] {name}: task {task}", flush=True)
         run.task(load_task(task, glue_dir), cache)
     result = run.result()
-    tracking.log_metrics(
-        {f"{r.family}/{r.task}/{r.pooling}/{r.metric}": r.value for r in result.results.itertuples()}
-    )
+    tracking.log_metrics(result_metrics(result.results))
     return result
+
+
+def result_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """{"probe/<task>/<pooling>/<metric>": value, "geom/...": value} of a results table."""
+    return {f"{r.family}/{r.task}/{r.pooling}/{r.metric}": float(r.value) for r in results.itertuples()}
+
+
+def headline_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """The numbers a study optimises: probe/mean_score (each task's main metric, averaged over tasks and
+    poolings), probe/mean_score/<pooling>, and geom/mean_uniformity (lower: more uniform)."""
+    main = results[(results["family"] == "probe")
+                   & (results["metric"] == results["task"].map(lambda t: get_spec(t).metrics[0]))]
+    out = {}
+    if not main.empty:
+        out["probe/mean_score"] = float(main["value"].mean())
+        out.update({f"probe/mean_score/{p}": float(v) for p, v in main.groupby("pooling")["value"].mean().items()})
+    uniformity = results[(results["family"] == "geom") & (results["metric"] == "uniformity")]
+    if not uniformity.empty:
+        out["geom/mean_uniformity"] = float(uniformity["value"].mean())
+    return out
+
+
+def preflight_tasks(glue_dir: Path | None, cfg: SuiteConfig, extra_tasks: tuple[str, ...] = ()) -> None:
+    """Check task and pooling names, and the GLUE files of every task, before an encoder exists."""
+    cfg.validate()
+    for task in extra_tasks:
+        get_spec(task)
+    if glue_dir is not None:
+        check_glue_dir(glue_dir, list(dict.fromkeys([*cfg.tasks, *extra_tasks])))
 
 
 def preflight(encoder: str | Path, tokenizer: str | Path | None, glue_dir: Path | None, cfg: SuiteConfig) -> None:

@@ -185,17 +185,57 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
-class StudyConfig:
-    name: str = "study"
-    num_samples: int = 8  # trials
-    max_concurrent: int = 2
-    metric: str = "probe/mean_score"
-    mode: Literal["max", "min"] = "max"
-    search_space: dict[str, Any] = field(default_factory=dict)
+class EvalConfig:
+    """The quick probe reported during pre-training (what ASHA stops on) and the suite run after it.
+    Task and pooling names are checked against eval's registries by the study before any trial starts."""
+
+    glue_dir: str | None = "../shared/data/glue"  # GLUE layout; null reads nyu-mll/glue from the Hub
+    quick_tasks: tuple[str, ...] = ("sst2", "stsb")  # probed with mean pooling at every train.eval_every
+    quick_train: int = 1000  # seeded subsample of each quick task's train split
+    quick_dev: int = 500  # seeded subsample of each quick task's dev split
+    quick_max_len: int = 64
+    tasks: tuple[str, ...] = ("sst2", "mrpc", "mnli", "cola", "stsb")  # the full suite for trials that finish
+    poolings: tuple[str, ...] = ("mean", "max", "weighted", "attention")
+    max_train: int | None = 5000  # seeded train subsample per task (None: all)
+    max_dev: int | None = None
+    n_boot: int = 200
+    geometry_n: int = 1000
+    cpus: float = 1.0  # CPUs of the Ray task that runs the suite (plus a GPU when train.use_gpu)
 
     def __post_init__(self) -> None:
+        for name in ("quick_train", "quick_dev", "quick_max_len", "n_boot", "geometry_n"):
+            _require(getattr(self, name) >= 8, name, getattr(self, name), "must be >= 8")
+        for name in ("max_train", "max_dev"):
+            _require(getattr(self, name) is None or getattr(self, name) >= 8, name, getattr(self, name),
+                     "must be >= 8 or null")
+        _require(self.cpus > 0, "cpus", self.cpus, "must be > 0")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A Ray Tune study: trials, what is optimised, and the early-stopping scheduler."""
+
+    name: str = "study"  # the study's folder under <output_dir>/studies and its MLflow parent run
+    num_samples: int = 8  # trials drawn by the searcher (grid studies run their grid instead)
+    max_concurrent: int = 2
+    metric: tuple[str, ...] = ("probe/mean_score",)  # two metrics: multi-objective (a Pareto front)
+    mode: tuple[Literal["max", "min"], ...] = ("max",)
+    scheduler: Literal["asha", "none"] = "asha"  # ASHA stops on the quick probe at every eval step
+    grace_period: int | None = None  # steps before ASHA may stop a trial; None: 2 x train.eval_every
+    reduction_factor: int = 2
+    trial_failures: int = 0  # Tune retries of a trial that raised (worker failures: train.max_failures)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "name", self.name, "must be a non-empty name without '/'")
         _require(self.num_samples >= 1, "num_samples", self.num_samples, "must be >= 1")
         _require(self.max_concurrent >= 1, "max_concurrent", self.max_concurrent, "must be >= 1")
+        _require(len(self.metric) == len(self.mode), "mode", self.mode,
+                 f"needs one mode (max/min) per metric {list(self.metric)}")
+        _require(len(self.metric) <= 2, "metric", self.metric, "at most two metrics (multi-objective)")
+        _require(self.grace_period is None or self.grace_period >= 1, "grace_period", self.grace_period,
+                 "must be >= 1 or null")
+        _require(self.reduction_factor >= 2, "reduction_factor", self.reduction_factor, "must be >= 2")
+        _require(self.trial_failures >= 0, "trial_failures", self.trial_failures, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -207,6 +247,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     seed: int = 0
     output_dir: str = "outputs"
@@ -243,6 +284,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         _require(value in get_args(tp), key, value, f"must be one of {list(get_args(tp))}")
         return value
+    if origin is tuple and get_args(tp)[1:] == (...,):  # tuple[X, ...]: a list, or one value
+        items = value if isinstance(value, list | tuple) else [value]
+        _require(len(items) >= 1, key, value, "must name at least one value")
+        return tuple(_coerce(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(items))
     if origin is tuple:
         arms = get_args(tp)
         _require(isinstance(value, list | tuple) and len(value) == len(arms), key, value,
@@ -305,7 +350,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "search_space":
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value

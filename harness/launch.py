@@ -1,4 +1,4 @@
-"""The only module that builds Ray trainers (and, for studies, tuners): scaling, failure, storage.
+"""The only module that builds Ray trainers and tuners: scaling, failure, storage, search, scheduling.
 
 Resources: each Train worker asks for `train.cpus_per_worker` CPUs (+1 GPU with train.use_gpu).
 On a 2-CPU machine keep workers fractional (e.g. 2 x 0.5) so Ray Data's readers can still be
@@ -8,16 +8,25 @@ two CPUs, and leave the node's other CPUs to Ray Data.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+import ray
 import ray.data
 import ray.train
+from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import Config
+
+QUICK_METRIC = "probe/quick_score"  # reported at every eval step; what ASHA stops on
+TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
 
 
 def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: dict[str, Any],
@@ -43,3 +52,65 @@ def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: 
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
+
+
+class FinalResultOptunaSearch(OptunaSearch):
+    """OptunaSearch that learns from a trial's final result only.
+
+    A trial's intermediate results carry the quick probe (ASHA's metric), not the optimised metric,
+    which only the full evaluation at the end produces; so they are not Optuna intermediate values.
+    A trial stopped early ends without the metric and is told PRUNED, a failed one FAIL."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        return
+
+
+def _trial_resources() -> tune.PlacementGroupFactory:
+    """A trial's own process is light (it waits on its TorchTrainer); on a cluster made from
+    cluster.yaml it is pinned to the head (custom resource "head"), where the MLflow server listens."""
+    bundle = {"CPU": 0.01, **({"head": 0.01} if "head" in ray.cluster_resources() else {})}
+    return tune.PlacementGroupFactory([bundle])
+
+
+def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Sequence[tune.Callback],
+                search_space: dict[str, optuna.distributions.BaseDistribution] | None = None,
+                grid: list[Any] | None = None) -> tune.Tuner:
+    """A Tuner over `search_space` (Optuna TPE, seeded by cfg.seed) or over the explicit `grid` of trials.
+
+    Intermediate results lack the optimised metric (see FinalResultOptunaSearch), so Tune's strict
+    check that every result carries every metric is switched off for this driver process."""
+    s = cfg.study
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if (search_space is None) == (grid is None):
+        raise ValueError("give exactly one of search_space (Optuna) or grid (explicit trials)")
+    metric, mode = (list(s.metric), list(s.mode)) if len(s.metric) > 1 else (s.metric[0], s.mode[0])
+    if search_space is not None:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+        search_alg, param_space, num_samples = (
+            FinalResultOptunaSearch(search_space, metric=metric, mode=mode, sampler=sampler), None, s.num_samples)
+    else:
+        search_alg, param_space, num_samples = None, {"trial": tune.grid_search(grid)}, 1
+    if s.scheduler == "asha":
+        scheduler = AsyncHyperBandScheduler(
+            time_attr="step", metric=QUICK_METRIC, mode="max", max_t=cfg.optim.max_steps,
+            grace_period=s.grace_period or 2 * max(cfg.train.eval_every, 1), reduction_factor=s.reduction_factor,
+            stop_last_trials=False)  # a trial that reaches max_t goes on to its full evaluation
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        tune.with_resources(trainable, _trial_resources()),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=s.max_concurrent),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(study_dir), callbacks=list(callbacks),
+                                  failure_config=tune.FailureConfig(max_failures=s.trial_failures)),
+    )
+
+
+def restore_tuner(study_dir: Path, trainable: Callable) -> tune.Tuner | None:
+    """The Tuner of an interrupted study (finished trials are kept, unfinished ones re-run), or None."""
+    path = study_dir / TUNE_DIR
+    if not tune.Tuner.can_restore(str(path)):
+        return None
+    return tune.Tuner.restore(str(path), tune.with_resources(trainable, _trial_resources()),
+                              resume_unfinished=True, resume_errored=False, restart_errored=False)

@@ -21,6 +21,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.train import UserCallback
 
+from eval.quick import quick_probe
 from harness import tracking
 from harness.config import Config, config_from_dict, load_config, resolve_location, resolve_path
 from harness.launch import build_trainer
@@ -233,7 +236,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     peak, peak_source = peak_flops(cfg.train.peak_flops, device, ffn_gemm_shape(cfg))
     meter = Meter(device)
     fault_marker = Path(loop["fault_marker"]) if loop.get("fault_marker") else None
-    interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
+    quick_tasks = loop.get("quick_probe") if rank == 0 else None
+    interval_start, data_time, interval_steps, train_time = time.perf_counter(), 0.0, 0, 0.0
     if restored is not None:
         print(f"[rank {rank}] resumed at step {progress.step} (epoch {progress.epoch}, batch {progress.position})")
 
@@ -283,6 +287,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 continue
             report = meter.read("train/")
             elapsed = time.perf_counter() - interval_start
+            train_time += elapsed
             step_time = elapsed / max(interval_steps, 1)
             report.update({
                 "step": progress.step, "epoch": progress.epoch, "train/lr": scheduler.get_last_lr()[0],
@@ -292,6 +297,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 "perf/mfu": flops_per_step / step_time / peak,
                 "perf/data_wait": data_time / max(elapsed, 1e-9),
                 "perf/step_time_s": step_time,
+                "perf/train_time_s": train_time,  # steps and data waits of this run so far (no eval, no I/O)
             })
             bad_step = meter.diverged_at()
             if bad_step is not None:
@@ -301,6 +307,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 return
             if eval_now:
                 report.update(validate(module, val_batches, device))
+                if quick_tasks:
+                    report.update(quick_probe(module.nets.encoder, quick_tasks, device))
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
                 if ckpt_now and rank == 0:
@@ -324,8 +332,19 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-def run_pretraining(cfg: Config, run_name: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
-    """Validate everything cheap first, prepare (or reuse) the data, train on Ray, export, summarise."""
+@dataclass(frozen=True)
+class PreparedRun:
+    """What every run (or trial) of one config shares: checked inputs and the prepared token shards."""
+
+    cfg: Config  # with data.source and data.tokenizer resolved
+    data_dir: Path
+    specials: SpecialTokens
+    tracking_uri: str
+
+
+def prepare_run(cfg: Config) -> PreparedRun:
+    """Validate everything cheap first (tokenizer, vocabulary, tracking, resume checkpoint), then start
+    Ray if needed and prepare the data (a no-op when the cache already holds it)."""
     output = resolve_path(cfg.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     data_cfg = dataclasses.replace(cfg.data, source=resolve_location(cfg.data.source),
@@ -338,43 +357,61 @@ def run_pretraining(cfg: Config, run_name: str | None = None, parent_run_id: str
     tracking.check_reachable(uri)
     if cfg.train.resume_from:
         check_compatible(read_checkpoint(cfg.train.resume_from)["config"], cfg)
-
     if not ray.is_initialized():
         ray.init()  # inside `ray job submit`, RAY_ADDRESS points at the cluster
-    prepared = prepare(data_cfg, output / "data")
+    data_dir = prepare(data_cfg, output / "data")
+    return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, SpecialTokens.from_tokenizer(tokenizer), uri)
+
+
+def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
+          callbacks: Sequence[UserCallback] = (), quick_probe: list | None = None) -> dict[str, Any]:
+    """Train one run on Ray (logging to the open MLflow `run`), export its encoder to run_dir/encoder.
+
+    `cfg` may differ from prepared.cfg in anything but the data section (a study's trial). A Train run
+    whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2)."""
+    if cfg.data != prepared.cfg.data:
+        raise ValueError("the data section of a trial must equal the prepared one; prepare the data per config")
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
-    datasets = read_prepared(prepared)
-    run_name = run_name or f"{cfg.objective.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = output / "runs" / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {
         "config": cfg.to_dict(),
-        "specials": dataclasses.asdict(SpecialTokens.from_tokenizer(tokenizer)),
+        "specials": dataclasses.asdict(prepared.specials),
         "fault_marker": str(run_dir / "fault_injected") if cfg.train.fail_at_step is not None else None,
+        "quick_probe": quick_probe,
     }
-    with tracking.training_run(uri, cfg.tracking.experiment, run_name, cfg.to_dict(), parent_run_id) as run:
-        trainer = build_trainer(cfg, train_loop_per_worker, loop_config, datasets, run_name,
-                                output / "ray_results", [tracking.ReportToMLflow(uri, run.run_id)])
-        result = trainer.fit()
-        # Every report reached MLflow through the callback; Ray's result only keeps the metrics that
-        # came with a checkpoint, and a diverged run ends without one.
-        metrics = tracking.read_run(uri, run.run_id)["metrics"]
-        summary: dict[str, Any] = {"run": run_name, "mlflow_run_id": run.run_id, "tracking_uri": uri,
-                                   "steps": int(metrics.get("step", 0))}
-        if metrics.get("diverged"):
-            note = f"diverged at step {int(metrics['diverged_at_step'])}: the loss became NaN/inf"
-            run.set_outcome("diverged", note)
-            return {**summary, "outcome": "diverged", "note": note}
-        encoder = run_dir / ENCODER_DIR  # HF format with its tokenizer: what eval.run reads
-        with result.checkpoint.as_directory() as checkpoint_dir:
-            shutil.copytree(Path(checkpoint_dir) / ENCODER_DIR, encoder, dirs_exist_ok=True)
-        tokenizer.save_pretrained(encoder)
-        tracking.log_artifact(encoder, ENCODER_DIR)
-        run.set_outcome("finished", f"{metrics.get('step')} steps")
-        keys = ("train/loss", "train/loss_mlm", "train/loss_jepa", "train/lambda", "val/loss_mlm",
-                "val/mlm_acc", "val/loss_jepa", "perf/tokens_per_s", "perf/mfu", "perf/data_wait")
-        return {**summary, "outcome": "finished", **{k: round(metrics[k], 4) for k in keys if k in metrics},
-                "checkpoint": result.checkpoint.path, "encoder": str(encoder)}
+    uri = prepared.tracking_uri
+    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, read_prepared(prepared.data_dir), name,
+                            storage, [tracking.ReportToMLflow(uri, run.run_id), *callbacks])
+    result = trainer.fit()
+    # Every report reached MLflow through the callback; Ray's result only keeps the metrics that
+    # came with a checkpoint, and a diverged run ends without one.
+    metrics = tracking.read_run(uri, run.run_id)["metrics"]
+    summary: dict[str, Any] = {"run": name, "mlflow_run_id": run.run_id, "tracking_uri": uri,
+                               "steps": int(metrics.get("step", 0))}
+    if metrics.get("diverged"):
+        note = f"diverged at step {int(metrics['diverged_at_step'])}: the loss became NaN/inf"
+        run.set_outcome("diverged", note)
+        return {**summary, "outcome": "diverged", "note": note}
+    encoder = run_dir / ENCODER_DIR  # HF format with its tokenizer: what eval.run reads
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        shutil.copytree(Path(checkpoint_dir) / ENCODER_DIR, encoder, dirs_exist_ok=True)
+    load_tokenizer(cfg.data.tokenizer).save_pretrained(encoder)
+    tracking.log_artifact(encoder, ENCODER_DIR)
+    run.set_outcome("finished", f"{metrics.get('step')} steps")
+    keys = ("train/loss", "train/loss_mlm", "train/loss_jepa", "train/lambda", "val/loss_mlm",
+            "val/mlm_acc", "val/loss_jepa", "perf/tokens_per_s", "perf/mfu", "perf/data_wait")
+    return {**summary, "outcome": "finished", **{k: round(metrics[k], 4) for k in keys if k in metrics},
+            "checkpoint": result.checkpoint.path, "encoder": str(encoder)}
+
+
+def run_pretraining(cfg: Config, run_name: str | None = None) -> dict[str, Any]:
+    """One pre-training run: prepare, train on Ray under its own MLflow run, export, summarise."""
+    prepared = prepare_run(cfg)
+    cfg = prepared.cfg
+    output = resolve_path(cfg.output_dir)
+    run_name = run_name or f"{cfg.objective.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracking.training_run(prepared.tracking_uri, cfg.tracking.experiment, run_name, cfg.to_dict()) as run:
+        return train(cfg, prepared, run, run_name, output / "runs" / run_name, output / "ray_results")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,9 @@
   and ends it FINISHED, or FAILED when it raised or diverged.
 - `ReportToMLflow` is a Ray Train callback: it runs on the Train controller, which Ray pins to the
   driver's node, so per-step metrics reach a tracking server bound to 127.0.0.1 on the head.
+- Studies: a parent run per study, a child run per Tune trial found again by its trial id (a resumed
+  study reopens both instead of duplicating them); `CloseStoppedTrials` is a Tune callback that ends
+  the child runs of trials stopped early by the scheduler (killed before they could end their run).
 - `log_metrics` / `log_artifact` log to the active run and are no-ops without one, so library code
   (evaluation) can log unconditionally.
 """
@@ -27,6 +30,7 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
+from ray.tune import Callback
 
 
 class TrackingError(RuntimeError):
@@ -99,21 +103,57 @@ class RunHandle:
 
 @contextmanager
 def training_run(uri: str, experiment: str, run_name: str, config: dict[str, Any],
-                 parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[RunHandle]:
-    """Open a run (nested under `parent_run_id` if given) and log the config. An exception ends it FAILED."""
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                 run_id: str | None = None) -> Iterator[RunHandle]:
+    """Open a run (nested under `parent_run_id` if given; or reopen `run_id`) and log the config.
+    An exception ends it FAILED; Ctrl-C, or Tune stopping a trial (SystemExit in its thread), KILLED."""
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
-    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags)
     handle = RunHandle(run.info.run_id)
     try:
-        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
-        mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        if run_id is None:
+            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
+            mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
         yield handle
     except BaseException:
-        handle.status = "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED"
+        handle.status = "KILLED" if sys.exc_info()[0] in (KeyboardInterrupt, SystemExit) else "FAILED"
         raise
     finally:
         mlflow.end_run(status=handle.status)
+
+
+def find_run(uri: str, experiment: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the newest run of `experiment` carrying all `tags`, or None."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], filter_string=query, max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """Every child of a parent run: run_id, name, status, tags, params, metrics (latest values)."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], max_results=10_000,
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "tags": dict(r.data.tags),
+             "params": dict(r.data.params), "metrics": dict(r.data.metrics)} for r in runs]
+
+
+def end_run(uri: str, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+    """Tag and end a run from outside the process that opened it."""
+    client = MlflowClient(uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status=status)
 
 
 def active() -> bool:
@@ -125,6 +165,17 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log scalar metrics to the active run (names like `probe/sst2/mean/acc`)."""
     if active() and metrics:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log parameters to the active run (values as strings)."""
+    if active() and params:
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    if active() and tags:
+        mlflow.set_tags(dict(tags))
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -167,3 +218,39 @@ def read_run(uri: str, run_id: str) -> dict[str, Any]:
     run = MlflowClient(uri).get_run(run_id)
     return {"status": run.info.status, "tags": dict(run.data.tags), "params": dict(run.data.params),
             "metrics": dict(run.data.metrics)}
+
+
+TRIAL_TAG = "tune_trial_id"
+
+
+class CloseStoppedTrials(Callback):
+    """Tune callback (on the study driver). A trial that completes without having tagged its run
+    "finished" was stopped by the scheduler (ASHA stops a trial mid-run: its run is still RUNNING, or
+    KILLED by the SystemExit Tune raises in it); a trial that errors with its run still RUNNING died.
+    Either way its run is ended and tagged with that outcome."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, scheduler_metric: str):
+        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+        self.scheduler_metric = scheduler_metric
+
+    def _close(self, trial, outcome: str, status: str) -> None:
+        run_id = find_run(self.uri, self.experiment, {"mlflow.parentRunId": self.parent_run_id,
+                                                      TRIAL_TAG: trial.trial_id})
+        if run_id is None:
+            return
+        run = MlflowClient(self.uri).get_run(run_id)
+        if outcome == "stopped_early" and run.data.tags.get("outcome") == "finished":
+            return
+        if outcome == "error" and run.info.status != "RUNNING":  # it recorded its own failure (e.g. diverged)
+            return
+        last = trial.last_result or {}
+        score = last.get(self.scheduler_metric)
+        note = (f"stopped by the scheduler after step {last.get('step', '?')} ({self.scheduler_metric}={score:.4f})"
+                if outcome == "stopped_early" and isinstance(score, float) else f"trial ended: {outcome}")
+        end_run(self.uri, run_id, status, {"outcome": outcome, "outcome_note": note})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._close(trial, "stopped_early", "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._close(trial, "error", "FAILED")

@@ -1,0 +1,55 @@
+"""Tune overhead per trial: (trial wall - sum of step time) / trial wall, for trials of about a minute.
+
+    python -m benchmarks.tune_overhead [--config studies/configs/small.yaml] [--steps 40] [--trials 2]
+
+Runs a grid study of `trials` identical-but-for-the-seed trials one at a time (no ASHA, the quick probe
+at the last step only) through the real study engine, and reads from each trial's MLflow run:
+  perf/trial_wall_s        the trial function from start to its final report (incl. the full evaluation)
+  perf/trial_train_wall_s  the same up to the end of pre-training (TorchTrainer start-up, data, export)
+  perf/train_time_s        the sum of the step times (forward, backward, optimiser, data waits)
+Overhead is reported against both walls; medians over trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+from harness import tracking
+from harness.config import load_config
+from harness.study import TrialSpec, open_study
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="studies/configs/small.yaml")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--output-dir", default=None, help="default: a temporary directory")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    output = args.output_dir or tempfile.mkdtemp(prefix="bench_tune_")
+    cfg = load_config(args.config, [
+        f"output_dir={output}", "study.name=tune_overhead", "study.scheduler=none", "study.max_concurrent=1",
+        f"optim.max_steps={args.steps}", "optim.warmup_steps=5", "train.log_every=5", f"train.eval_every={args.steps}",
+        "train.checkpoint_every=0", "train.cpus_per_worker=1.0", "train.torch_threads=2", "eval.tasks=[sst2]",
+        "eval.poolings=[mean]", "eval.max_train=500", "eval.max_dev=500", "eval.n_boot=20", "eval.geometry_n=200",
+        *args.overrides])
+    grid = [TrialSpec(f"seed{s}", {"seed": s}) for s in range(args.trials)]
+    with open_study(cfg, grid=grid) as study:
+        result = study.run()
+    rows = []
+    for run_id in result.table["run_id"]:
+        m = tracking.read_run(result.tracking_uri, run_id)["metrics"]
+        wall, train_wall, steps = m["perf/trial_wall_s"], m["perf/trial_train_wall_s"], m["perf/train_time_s"]
+        rows.append((wall, train_wall, steps, (wall - steps) / wall, (train_wall - steps) / train_wall))
+        print(f"trial wall {wall:.1f} s, pre-training wall {train_wall:.1f} s, sum of steps {steps:.1f} s: "
+              f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training", flush=True)
+    med = [statistics.median(col) for col in zip(*rows, strict=True)]
+    print(f"median over {len(rows)} trials: trial wall {med[0]:.1f} s, pre-training wall {med[1]:.1f} s, "
+          f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The quick probe: a cheap score of an encoder *during* pre-training, comparable across objectives and λ.
+
+Mean-pooled sentence vectors of seeded subsets of a few GLUE tasks (default SST-2 and STS-B), features
+standardised on train, a closed-form ridge fit with a fixed penalty, scored on the dev subset by the
+task's main metric (SST-2 accuracy, STS-B Spearman). The score is the mean over tasks. It depends on the
+encoder only, never on λ or the loss, so ASHA can rank trials of different λ and objectives by it.
+
+`build_quick_probe` runs once per study on the driver (tokenised ids, small and picklable);
+`quick_probe` runs on rank 0 inside the training loop, with the live encoder, in eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.scores import SCORES
+from eval.tasks import load_task
+
+RIDGE = 1.0  # penalty on standardised features, relative to the number of train examples
+
+
+@dataclass
+class QuickTask:
+    name: str
+    metric: str  # the task's main metric
+    regression: bool
+    num_labels: int
+    train: dict[str, list]  # "a", "b" (pairs only): token id lists; "y": labels
+    dev: dict[str, list]
+
+
+def build_quick_probe(tasks: tuple[str, ...], glue_dir: Path | None, tokenizer, n_train: int, n_dev: int,
+                      max_len: int, seed: int = 0) -> list[QuickTask]:
+    """Tokenise seeded subsets of each task's train and dev splits (glue_dir=None: the Hub copy)."""
+    out = []
+    for name in tasks:
+        data = load_task(name, glue_dir)
+        spec = data.spec
+        splits = {}
+        for split, df, n in (("train", data.train, n_train), ("dev", data.dev, n_dev)):
+            if n < len(df):
+                df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))]
+            ids = {"a": tokenizer(df["text_a"].tolist(), truncation=True, max_length=max_len)["input_ids"]}
+            if spec.is_pair:
+                ids["b"] = tokenizer(df["text_b"].tolist(), truncation=True, max_length=max_len)["input_ids"]
+            ids["y"] = df["label"].tolist()
+            splits[split] = ids
+        out.append(QuickTask(name, spec.metrics[0], spec.regression, spec.num_labels, splits["train"], splits["dev"]))
+    return out
+
+
+@torch.no_grad()
+def mean_pooled(encoder: torch.nn.Module, sentences: list[list[int]], device: torch.device,
+                batch_size: int = 128) -> np.ndarray:
+    """Mean over the real tokens of the last hidden states; batches of similar length, original order back."""
+    order = np.argsort([len(s) for s in sentences], kind="stable")
+    vectors = np.empty((len(sentences), encoder.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(sentences[i]) for i in idx)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, :len(sentences[i])] = torch.tensor(sentences[i])
+            mask[row, :len(sentences[i])] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        vectors[idx] = pooled.cpu().numpy()
+    return vectors
+
+
+def _features(task: QuickTask, split: dict[str, list], encoder, device) -> np.ndarray:
+    u = mean_pooled(encoder, split["a"], device)
+    if "b" not in split:
+        return u
+    v = mean_pooled(encoder, split["b"], device)
+    return np.concatenate([np.abs(u - v), u * v], axis=1)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    gram = x.T @ x + RIDGE * len(x) * np.eye(x.shape[1])
+    return np.linalg.solve(gram, x.T @ y)
+
+
+def score_task(task: QuickTask, encoder: torch.nn.Module, device: torch.device) -> float:
+    x_train = _features(task, task.train, encoder, device).astype(np.float64)
+    x_dev = _features(task, task.dev, encoder, device).astype(np.float64)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_dev = (x_train - mean) / std, (x_dev - mean) / std
+    y_train, y_dev = np.asarray(task.train["y"]), np.asarray(task.dev["y"])
+    if task.regression:
+        w = _ridge(x_train, y_train - y_train.mean())
+        pred = x_dev @ w
+    else:
+        onehot = np.eye(task.num_labels)[y_train.astype(int)]
+        w = _ridge(x_train, onehot - onehot.mean(0))
+        pred = (x_dev @ w).argmax(1)
+    return float(SCORES[task.metric](y_dev, pred))
+
+
+def quick_probe(encoder: torch.nn.Module, tasks: list[QuickTask], device: torch.device) -> dict[str, float]:
+    """{"probe/quick/<task>": main metric, ..., "probe/quick_score": their mean}; keeps the encoder's mode."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        scores = {f"probe/quick/{t.name}": score_task(t, encoder, device) for t in tasks}
+    finally:
+        encoder.train(was_training)
+    return {**scores, "probe/quick_score": float(np.mean(list(scores.values())))}

@@ -1,0 +1,188 @@
+"""A study's summary: the trial table (read back from MLflow, so it survives resumes), the best config or
+the Pareto front, Optuna's hyperparameter importances, plots and report.md, all logged to the parent run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from harness import tracking
+from harness.config import Config
+from harness.launch import QUICK_METRIC
+
+SHOWN_METRICS = (QUICK_METRIC, "val/loss_mlm", "val/loss_jepa", "train/lambda", "perf/trial_wall_s")
+
+
+def trial_table(uri: str, parent_run_id: str, cfg: Config, space: dict | None) -> pd.DataFrame:
+    """One row per child run: label, outcome, the trial's overrides (trial.*), the study's metrics."""
+    rows = []
+    for run in tracking.child_runs(uri, parent_run_id):
+        tags, metrics = run["tags"], run["metrics"]
+        row: dict[str, Any] = {"label": tags.get("label", run["name"]), "group": tags.get("group"),
+                               "outcome": tags.get("outcome", run["status"].lower()),
+                               "steps": int(metrics.get("step", 0)), "run_id": run["run_id"]}
+        row.update({k: yaml.safe_load(v) for k, v in sorted(run["params"].items()) if k.startswith("trial.")})
+        row.update({m: metrics.get(m, math.nan) for m in dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS])})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    primary, mode = cfg.study.metric[0], cfg.study.mode[0]
+    return table.sort_values(primary, ascending=mode == "min", na_position="last").reset_index(drop=True)
+
+
+def finished(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    if table.empty:
+        return table
+    done = table[table["outcome"] == "finished"]
+    return done.dropna(subset=list(cfg.study.metric))
+
+
+def pareto_front(table: pd.DataFrame, metrics: tuple[str, ...], modes: tuple[str, ...]) -> pd.DataFrame:
+    """The rows no other row beats on every metric (ties kept)."""
+    signs = np.array([1.0 if m == "max" else -1.0 for m in modes])
+    values = table[list(metrics)].to_numpy(float) * signs
+    keep = [not any((values[j] >= values[i]).all() and (values[j] > values[i]).any() for j in range(len(values)))
+            for i in range(len(values))]
+    return table[keep]
+
+
+def importances(table: pd.DataFrame, cfg: Config, space: dict) -> dict[str, dict[str, float]]:
+    """Optuna's (fANOVA) importance of each searched parameter, per optimised metric; {} with < 2 finished."""
+    done = finished(table, cfg)
+    if len(done) < 2:
+        return {}
+    directions = ["maximize" if m == "max" else "minimize" for m in cfg.study.mode]
+    study = optuna.create_study(directions=directions)
+    for row in done.to_dict("records"):
+        params = {k: row.get(f"trial.{k}") for k in space}
+        if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in params.values()):
+            continue
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space,
+                                                  values=[row[m] for m in cfg.study.metric]))
+    out = {}
+    for i, metric in enumerate(cfg.study.metric):
+        try:
+            out[metric] = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+        except (RuntimeError, ValueError) as e:  # e.g. no parameter varied between finished trials
+            print(f"[study] no importances for {metric}: {e}", flush=True)
+    return out
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_quick_curves(uri: str, table: pd.DataFrame, path: Path) -> Path:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for row in table.itertuples(index=False):
+        history = tracking.metric_history(uri, row.run_id, QUICK_METRIC)
+        if history:
+            steps, values = zip(*sorted(dict(history).items()), strict=True)
+            ax.plot(steps, values, marker="o", ms=3, label=f"{row.label} ({row.outcome})")
+    ax.set(xlabel="step", ylabel=QUICK_METRIC, title="quick probe during pre-training")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_params(table: pd.DataFrame, metric: str, params: list[str], path: Path) -> Path:
+    cols = min(3, len(params))
+    rows = math.ceil(len(params) / cols)
+    fig = Figure(figsize=(4 * cols, 3 * rows))
+    for i, param in enumerate(params):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        x = table[f"trial.{param}"].astype(str) if table[f"trial.{param}"].dtype == object else table[f"trial.{param}"]
+        ax.scatter(x, table[metric])
+        ax.set(xlabel=param, ylabel=metric)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pareto(table: pd.DataFrame, front: pd.DataFrame, metrics: tuple[str, ...], path: Path) -> Path:
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    ax.scatter(table[metrics[0]], table[metrics[1]], c="lightgray", label="finished trials")
+    ordered = front.sort_values(metrics[0])
+    ax.plot(ordered[metrics[0]], ordered[metrics[1]], "o-", c="crimson", label="Pareto front")
+    ax.set(xlabel=metrics[0], ylabel=metrics[1])
+    ax.legend()
+    return _save(fig, path)
+
+
+def write_report(result, cfg: Config, space: dict | None, sections: list[tuple[str, str]]) -> Path:
+    from harness.study import apply_params  # the engine imports this module lazily
+
+    out = result.study_dir / "report"
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    table, metrics, modes = result.table, cfg.study.metric, cfg.study.mode
+    uri = result.tracking_uri
+    table.to_csv(out / "summary.csv", index=False)
+    done = finished(table, cfg)
+    counts = table["outcome"].value_counts().to_dict() if not table.empty else {}
+    md = [f"# Study `{cfg.study.name}`", "",
+          f"{len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}); optimised: "
+          + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes, strict=True))
+          + f"; scheduler: {cfg.study.scheduler}; wall time {result.wall_s / 60:.1f} min.", ""]
+    logged: dict[str, float] = {f"trials/{k}": float(v) for k, v in counts.items()}
+    if not done.empty:
+        best = pareto_front(done, metrics, modes) if len(metrics) > 1 else done.head(1)
+        top = best.iloc[0]
+        overrides = {k.removeprefix("trial."): v.item() if isinstance(v, np.generic) else v
+                     for k, v in top.items() if k.startswith("trial.") and not (isinstance(v, float) and math.isnan(v))}
+        best_cfg = apply_params(cfg, overrides)
+        (out / "best_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+        tracking.log_params({f"best.{k}": v for k, v in overrides.items()})
+        tracking.set_tags({"best_trial": str(top["label"])})
+        logged.update({f"best/{m}": float(top[m]) for m in metrics})
+        title = "Pareto front" if len(metrics) > 1 else "Best trial"
+        md += [f"## {title}", "", markdown_table(best.drop(columns=["run_id"])), "",
+               f"Best config of `{top['label']}` (full file: best_config.yaml):", "", "```yaml",
+               yaml.safe_dump(overrides, sort_keys=False).strip(), "```", ""]
+        if len(metrics) > 1:
+            plot_pareto(done, best, metrics, plots / "pareto.png")
+            md += ["![Pareto front](plots/pareto.png)", ""]
+    else:
+        md += ["No trial finished with the optimised metric, so there is no best config.", ""]
+    if space:
+        found = importances(table, cfg, space)
+        for metric, values in found.items():
+            logged.update({f"importance/{metric}/{k}": float(v) for k, v in values.items()})
+            md += [f"## Hyperparameter importances for {metric} (Optuna fANOVA)", "",
+                   markdown_table(pd.DataFrame({"parameter": list(values), "importance": list(values.values())})), ""]
+        if not found:
+            md += ["Hyperparameter importances need at least two finished trials.", ""]
+        if not done.empty:
+            plot_params(done, metrics[0], list(space), plots / "metric_vs_params.png")
+            md += [f"![{metrics[0]} against each searched parameter](plots/metric_vs_params.png)", ""]
+    if not table.empty:
+        plot_quick_curves(uri, table, plots / "quick_probe.png")
+        md += ["## Trials", "", markdown_table(table.drop(columns=["run_id"])), "",
+               "![quick probe during pre-training](plots/quick_probe.png)", ""]
+    for title, body in sections:
+        md += [f"## {title}", "", body, ""]
+    (out / "report.md").write_text("\n".join(md))
+    tracking.log_metrics(logged)
+    tracking.log_artifact(out, "report")
+    print(f"[study] report: {out / 'report.md'}", flush=True)
+    return out

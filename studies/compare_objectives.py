@@ -1,0 +1,100 @@
+"""MLM vs hybrid vs JEPA: K seeds each, compute-matched (same model-FLOPs budget; or step-matched), the full
+evaluation suite for every run, and eval.compare's paired tests (Holm-corrected) and seed aggregates.
+
+    python studies/compare_objectives.py --config studies/configs/small.yaml [--spec FILE] [--smoke] \
+        [dotted.config=value ...] [spec.seeds='[0, 1, 2, 3, 4]'] [spec.match=steps]
+
+Re-running the same command resumes an interrupted study (same study.name and settings).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
+
+import pandas as pd  # noqa: E402
+
+from eval.report import read_run, write_table  # noqa: E402
+from eval.stats import aggregate_seeds, compare  # noqa: E402
+from harness.config import ConfigError, load_config  # noqa: E402
+from harness.study import SETUP_ERRORS, TrialSpec, apply_params, load_spec, open_study  # noqa: E402
+from harness.study_report import markdown_table  # noqa: E402
+from objectives.flops import train_flops_per_step  # noqa: E402
+
+DEFAULT_SPEC = "studies/spaces/compare_objectives.yaml"
+SMOKE = ["study.name=compare_objectives_smoke", "study.max_concurrent=2", "optim.max_steps=20",
+         "train.eval_every=10", "train.log_every=5", "train.cpus_per_worker=0.4", "eval.quick_train=200",
+         "eval.quick_dev=200", "eval.tasks=[sst2, stsb]", "eval.poolings=[mean, attention]", "eval.max_train=300",
+         "eval.max_dev=300", "eval.n_boot=50", "eval.geometry_n=200"]
+SMOKE_SPEC = ["objectives=[mlm, hybrid]", "seeds=[0]"]
+
+
+def trial_grid(cfg, spec: dict) -> tuple[list[TrialSpec], pd.DataFrame]:
+    """One trial per (objective, seed); steps from the FLOPs budget (match: flops) or equal (match: steps)."""
+    if spec.get("match") not in ("flops", "steps") or not spec.get("objectives") or not spec.get("seeds"):
+        raise ConfigError(f"spec: needs objectives: [...], seeds: [...] and match: flops|steps, got {spec}")
+    steps, warmup = cfg.optim.max_steps, cfg.optim.warmup_steps
+    budget = steps * train_flops_per_step(apply_params(cfg, {"objective.name": spec.get("reference", "hybrid")}))
+    grid, budgets = [], []
+    for objective in spec["objectives"]:
+        flops = train_flops_per_step(apply_params(cfg, {"objective.name": objective}))
+        n = steps if spec["match"] == "steps" else max(1, round(budget / flops))
+        budgets.append({"objective": objective, "steps": n, "GFLOP/step": flops / 1e9, "total PFLOP": n * flops / 1e15})
+        for seed in spec["seeds"]:
+            overrides = {"objective.name": objective, "seed": seed, "optim.max_steps": n,
+                         "optim.warmup_steps": min(n, round(warmup * n / steps))}
+            grid.append(TrialSpec(f"{objective}-s{seed}", overrides, group=objective))
+    return grid, pd.DataFrame(budgets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
+    parser.add_argument("--spec", default=DEFAULT_SPEC, help=f"objectives, seeds, matching (default {DEFAULT_SPEC})")
+    parser.add_argument("--smoke", action="store_true", help="mlm vs hybrid, one seed, tiny runs")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides; spec.* ones edit the spec")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SETUP_ERRORS as e:  # bad config, spec or data: nothing ran
+        raise SystemExit(f"[compare_objectives] {e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    # 1. The base config (no early stopping: every run must reach its budget) and the trial grid.
+    config_overrides = [o for o in args.overrides if not o.startswith("spec.")]
+    defaults = ["study.name=compare_objectives", "study.scheduler=none"]
+    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + config_overrides)
+    spec_overrides = (SMOKE_SPEC if args.smoke else []) + [o.removeprefix("spec.") for o in args.overrides
+                                                           if o.startswith("spec.")]
+    grid, budgets = trial_grid(cfg, load_spec(args.spec, spec_overrides))
+    print(f"[compare_objectives] {len(grid)} runs:\n{budgets.to_string(index=False)}", flush=True)
+
+    # 2. Run (or resume) the study.
+    with open_study(cfg, grid=grid) as study:
+        result = study.run()
+        # 3. Paired tests between objectives over the finished runs' evaluations, then the report.
+        done = result.table[result.table["outcome"] == "finished"]
+        tables = [read_run(result.study_dir / "trials" / label / "eval") for label in done["label"]]
+        sections = [("Budgets", markdown_table(budgets))]
+        if len(tables) >= 2:
+            results, replicates = (pd.concat(t, ignore_index=True) for t in list(zip(*tables, strict=True))[:2])
+            tests, aggregate = compare(results, replicates), aggregate_seeds(results)
+            out = result.study_dir / "report"
+            out.mkdir(parents=True, exist_ok=True)
+            write_table(tests, out, "comparison")
+            write_table(aggregate, out, "aggregate")
+            n_sig = int(tests["significant"].sum()) if not tests.empty else 0
+            main_rows = aggregate[(aggregate["family"] == "probe") | (aggregate["metric"] == "uniformity")]
+            sections += [("Seed aggregates (mean, std over seeds)", markdown_table(main_rows)),
+                         ("Paired tests", f"{len(tests)} paired bootstrap tests between objectives, {n_sig} "
+                                          "significant after Holm (alpha 0.05): see comparison.csv.")]
+        report = study.report(result, sections)
+    print(result.table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"[compare_objectives] report {report / 'report.md'}; MLflow parent run {result.parent_run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

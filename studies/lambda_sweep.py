@@ -1,0 +1,67 @@
+"""λ sweep of the hybrid objective: Optuna (TPE, seeded) proposes, ASHA stops on the quick probe,
+finished trials get the full GLUE probe + geometry suite; the best config lands in the MLflow parent run.
+
+    python studies/lambda_sweep.py --config studies/configs/small.yaml [--space FILE] [--smoke] \
+        [dotted.config=value ...] [space.objective.passes='{choice: [2]}' ...]
+    ray job submit --working-dir . -- python studies/lambda_sweep.py --config ... output_dir=/shared/outputs
+
+Multi-objective (probe score and uniformity, a Pareto front):
+    study.metric='[probe/mean_score, geom/mean_uniformity]' study.mode='[max, min]'
+
+Re-running the same command resumes an interrupted study (same study.name and settings).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
+
+from harness.config import load_config  # noqa: E402
+from harness.study import SETUP_ERRORS, load_space, open_study  # noqa: E402
+
+DEFAULT_SPACE = "studies/spaces/lambda_sweep.yaml"
+
+# --smoke: a few tiny trials, minutes on a laptop (use with studies/configs/tiny.yaml).
+SMOKE = ["study.name=lambda_sweep_smoke", "study.num_samples=2", "study.max_concurrent=2", "study.grace_period=10",
+         "optim.max_steps=20", "train.eval_every=5", "train.log_every=5", "train.cpus_per_worker=0.4",
+         "eval.quick_train=200", "eval.quick_dev=200", "eval.tasks=[sst2, stsb]", "eval.poolings=[mean, attention]",
+         "eval.max_train=300", "eval.max_dev=300", "eval.n_boot=50", "eval.geometry_n=200"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
+    parser.add_argument("--space", default=DEFAULT_SPACE, help=f"search space YAML (default {DEFAULT_SPACE})")
+    parser.add_argument("--smoke", action="store_true", help="a tiny 2-trial study (overrides still apply)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides; space.* ones edit the search space")
+    args = parser.parse_args(argv)
+
+    try:
+        return run(args)
+    except SETUP_ERRORS as e:  # bad config, space or data: nothing ran
+        raise SystemExit(f"[lambda_sweep] {e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    # 1. The base config: the file, the smoke setting, then the command line.
+    config_overrides = [o for o in args.overrides if not o.startswith("space.")]
+    defaults = ["study.name=lambda_sweep", "objective.name=hybrid"]
+    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + config_overrides)
+
+    # 2. The search space: the YAML, then space.* overrides.
+    space_overrides = [o.removeprefix("space.") for o in args.overrides if o.startswith("space.")]
+    space = load_space(args.space, space_overrides)
+    print(f"[lambda_sweep] {cfg.study.num_samples} trials over {', '.join(space)}", flush=True)
+
+    # 3. Run (or resume) the study and write its report.
+    with open_study(cfg, space=space) as study:
+        result = study.run()
+        report = study.report(result)
+    print(result.table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"[lambda_sweep] report {report / 'report.md'}; MLflow parent run {result.parent_run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
