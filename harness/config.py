@@ -45,7 +45,9 @@ class ModelConfig:
     num_heads: int = 4
     intermediate_size: int = 1024
     max_position_embeddings: int = 512
-    dropout: float = 0.1
+    dropout: float = 0.1  # hidden-state dropout (BERT's hidden_dropout_prob)
+    attention_dropout: float | None = None  # on attention probabilities; None: = dropout. > 0 makes CPU SDPA
+    # fall back from its flash kernel to the math path (see BENCHMARKS.md)
     tie_mlm_head: bool = True  # MLM decoder shares the input embedding matrix
     predictor_depth: int = 4
     predictor_width: int = 128
@@ -60,6 +62,8 @@ class ModelConfig:
         _require(self.predictor_width % self.predictor_heads == 0, "predictor_width", self.predictor_width,
                  f"must be divisible by predictor_heads={self.predictor_heads}")
         _require(0 <= self.dropout < 1, "dropout", self.dropout, "must lie in [0, 1)")
+        _require(self.attention_dropout is None or 0 <= self.attention_dropout < 1, "attention_dropout",
+                 self.attention_dropout, "must lie in [0, 1) or be null")
 
 
 @dataclass(frozen=True)

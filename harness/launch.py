@@ -65,6 +65,10 @@ class FinalResultOptunaSearch(OptunaSearch):
         return
 
 
+def _allow_partial_results() -> None:
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # read by Tune's controller in this process
+
+
 def _trial_resources() -> tune.PlacementGroupFactory:
     """A trial's own process is light (it waits on its TorchTrainer); on a cluster made from
     cluster.yaml it is pinned to the head (custom resource "head"), where the MLflow server listens."""
@@ -80,7 +84,7 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
     Intermediate results lack the optimised metric (see FinalResultOptunaSearch), so Tune's strict
     check that every result carries every metric is switched off for this driver process."""
     s = cfg.study
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    _allow_partial_results()
     if (search_space is None) == (grid is None):
         raise ValueError("give exactly one of search_space (Optuna) or grid (explicit trials)")
     metric, mode = (list(s.metric), list(s.mode)) if len(s.metric) > 1 else (s.metric[0], s.mode[0])
@@ -112,5 +116,6 @@ def restore_tuner(study_dir: Path, trainable: Callable) -> tune.Tuner | None:
     path = study_dir / TUNE_DIR
     if not tune.Tuner.can_restore(str(path)):
         return None
+    _allow_partial_results()
     return tune.Tuner.restore(str(path), tune.with_resources(trainable, _trial_resources()),
                               resume_unfinished=True, resume_errored=False, restart_errored=False)

@@ -37,7 +37,7 @@ from eval.quick import QuickTask, build_quick_probe
 from eval.report import write_run
 from eval.suite import SuiteConfig, headline_metrics, preflight_tasks, result_metrics, run_suite
 from harness import tracking
-from harness.config import Config, ConfigError, config_from_dict, parse_overrides, resolve_location, resolve_path
+from harness.config import Config, ConfigError, config_from_dict, resolve_location, resolve_path
 from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
 from harness.prepare import load_tokenizer
 from harness.pretrain import PreparedRun, prepare_run, train
@@ -71,32 +71,39 @@ def _distribution(key: str, leaf: Any) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=kind == "logfloat")
 
 
-def _flatten_space(tree: dict[str, Any], prefix: str = "", keep_none: bool = False) -> dict[str, Any]:
+def _flatten_space(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value and not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
-            flat.update(_flatten_space(value, f"{name}.", keep_none))
-        elif isinstance(value, list) and not keep_none:  # a (low, high) pair: one dimension per element
+            flat.update(_flatten_space(value, f"{name}."))
+        elif isinstance(value, list):  # a (low, high) pair: one dimension per element
             flat.update({f"{name}.{i}": v for i, v in enumerate(value) if v is not None})
-        elif value is not None or keep_none:  # null removes a dimension
+        elif value is not None:
             flat[name] = value
     return flat
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """A study's YAML (search space or grid), with dotted overrides merged in (null deletes a key)."""
+    """A study's YAML (search space or grid) with overrides: `a.b=VALUE` replaces a.b whole (VALUE parsed as
+    YAML, so `sizes={d32: {...}}` replaces every size), `a.b=null` deletes it."""
     path = resolve_path(str(path))
     if not path.is_file():
         raise ConfigError(f"study file {path} not found; the shipped ones are in studies/spaces/")
     tree = yaml.safe_load(path.read_text()) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"study file {path}: top level must be a mapping")
-    for key, value in _flatten_space(parse_overrides(list(overrides)), keep_none=True).items():
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
         node = tree
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.strip().split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if not isinstance(node.setdefault(part, {}), dict):
+                raise ConfigError(f"override {item!r}: {part} is not a mapping")
+            node = node[part]
+        value = yaml.safe_load(text)
         if value is None:
             node.pop(leaf, None)
         else:

@@ -21,6 +21,17 @@ from harness.launch import QUICK_METRIC
 SHOWN_METRICS = (QUICK_METRIC, "val/loss_mlm", "val/loss_jepa", "train/lambda", "perf/trial_wall_s")
 
 
+def param_value(text: str) -> Any:
+    """A logged parameter back as a value: 0.5, 2, "learned", and 1e+30 (which YAML 1.1 reads as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def trial_table(uri: str, parent_run_id: str, cfg: Config, space: dict | None) -> pd.DataFrame:
     """One row per child run: label, outcome, the trial's overrides (trial.*), the study's metrics."""
     rows = []
@@ -29,7 +40,7 @@ def trial_table(uri: str, parent_run_id: str, cfg: Config, space: dict | None) -
         row: dict[str, Any] = {"label": tags.get("label", run["name"]), "group": tags.get("group"),
                                "outcome": tags.get("outcome", run["status"].lower()),
                                "steps": int(metrics.get("step", 0)), "run_id": run["run_id"]}
-        row.update({k: yaml.safe_load(v) for k, v in sorted(run["params"].items()) if k.startswith("trial.")})
+        row.update({k: param_value(v) for k, v in sorted(run["params"].items()) if k.startswith("trial.")})
         row.update({m: metrics.get(m, math.nan) for m in dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS])})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -71,7 +82,9 @@ def importances(table: pd.DataFrame, cfg: Config, space: dict) -> dict[str, dict
     out = {}
     for i, metric in enumerate(cfg.study.metric):
         try:
-            out[metric] = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=cfg.seed)
+            out[metric] = optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                                  target=lambda t, i=i: t.values[i])
         except (RuntimeError, ValueError) as e:  # e.g. no parameter varied between finished trials
             print(f"[study] no importances for {metric}: {e}", flush=True)
     return out

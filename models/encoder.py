@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 from transformers import AutoModel, BertConfig, BertModel, PreTrainedModel
 
+from models.dropout import use_lane_dropout
+
 if TYPE_CHECKING:
     from harness.config import ModelConfig
 
@@ -30,10 +32,11 @@ def _bert(cfg: ModelConfig) -> PreTrainedModel:
         intermediate_size=cfg.intermediate_size,
         max_position_embeddings=cfg.max_position_embeddings,
         hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout,
         pad_token_id=0,
     )
-    return BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False)
+    # The HF export keeps torch's nn.Dropout (LaneDropout holds no weights: nothing to save).
+    return use_lane_dropout(BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False))
 
 
 # One builder per architecture; each returns an HF encoder whose forward takes input_ids,

@@ -70,6 +70,11 @@ class MaskedBatch:
                  for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
         return replace(self, **moved)
 
+    def pin_memory(self) -> MaskedBatch:
+        """Page-locked copies, so that .to(cuda, non_blocking=True) really overlaps with compute."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory()
+                                for f in fields(self) if isinstance(getattr(self, f.name), Tensor)})
+
 
 def eligible_tokens(input_ids: Tensor, attention_mask: Tensor, specials: SpecialTokens) -> Tensor:
     """(B, L) bool: real tokens that are not special tokens."""

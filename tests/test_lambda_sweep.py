@@ -2,7 +2,8 @@
 
 Two trials of the tiny model, drawn by the seeded TPE sampler from a space whose learning rate is
 either sane or absurd: the seed-0 draws give one trial of each, so one trial finishes (quick probe,
-full evaluation, final metrics) and one diverges (marked, while the study goes on).
+full evaluation, final metrics) and one diverges (marked, while the study goes on). The study is
+multi-objective (probe score up, uniformity down), so its report holds a Pareto front.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from studies import lambda_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_OVERRIDES = ["study.name=sweep", "study.num_samples=2", "study.max_concurrent=2", "study.scheduler=none",
-                   "optim.warmup_steps=0", "optim.grad_clip=0"]
+                   "optim.warmup_steps=0", "optim.grad_clip=0",
+                   "study.metric=[probe/mean_score, geom/mean_uniformity]", "study.mode=[max, min]"]
 
 
 def _free_port() -> int:
@@ -120,7 +122,8 @@ def test_parent_and_children_with_params_metrics_and_outcomes_through_the_rest_a
     assert parent["status"] == "FINISHED"
     assert parent["params"]["best.objective.lambda_init"] == done["params"]["trial.objective.lambda_init"]
     assert parent["tags"]["best_trial"] == done["tags"]["label"]
-    assert parent["metrics"]["best/probe/mean_score"] == pytest.approx(done["metrics"]["probe/mean_score"])
+    for metric in ("probe/mean_score", "geom/mean_uniformity"):
+        assert parent["metrics"][f"best/{metric}"] == pytest.approx(done["metrics"][metric])
     assert parent["metrics"]["trials/finished"] == 1 and parent["metrics"]["trials/diverged"] == 1
     report = _rest(sweep["base"], f"/api/2.0/mlflow/artifacts/list?run_id={parent['id']}&path=report")
     assert {"report/report.md", "report/summary.csv", "report/best_config.yaml"} <= {f["path"] for f in report["files"]}
@@ -129,8 +132,9 @@ def test_parent_and_children_with_params_metrics_and_outcomes_through_the_rest_a
 def test_report_files_on_disk(sweep: dict) -> None:
     report = sweep["study_dir"] / "report"
     text = (report / "report.md").read_text()
-    assert "## Best trial" in text and "## Trials" in text and "plots/quick_probe.png" in text
-    assert (report / "plots" / "quick_probe.png").stat().st_size > 0
+    assert "## Pareto front" in text and "## Trials" in text and "plots/quick_probe.png" in text
+    for plot in ("quick_probe.png", "pareto.png", "metric_vs_params.png"):
+        assert (report / "plots" / plot).stat().st_size > 0
     assert "lr: 0.001" in (report / "best_config.yaml").read_text()
 
 

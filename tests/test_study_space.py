@@ -10,7 +10,7 @@ import pytest
 
 from harness.config import ConfigError, load_config
 from harness.study import apply_params, check_metrics, check_space, load_space, load_spec
-from harness.study_report import markdown_table, pareto_front
+from harness.study_report import importances, markdown_table, pareto_front
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "studies" / "spaces" / "lambda_sweep.yaml"
@@ -40,9 +40,11 @@ def test_space_overrides_replace_and_drop_dimensions() -> None:
     assert space["optim.lr"].log and space["optim.lr"].low == pytest.approx(1e-4)
 
 
-def test_spec_overrides_merge_and_delete() -> None:
+def test_spec_overrides_replace_and_delete() -> None:
     spec = load_spec(REPO / "studies" / "spaces" / "scaling.yaml", ["token_budgets=[1000]", "sizes.d384=null"])
     assert spec["token_budgets"] == [1000] and set(spec["sizes"]) == {"d128", "d256"}
+    spec = load_spec(REPO / "studies" / "spaces" / "scaling.yaml", ["sizes={d32: {model.hidden_size: 32}}"])
+    assert spec["sizes"] == {"d32": {"model.hidden_size": 32}}  # a mapping value replaces, never merges
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -90,3 +92,17 @@ def test_pareto_front_keeps_exactly_the_non_dominated_trials() -> None:
     front = pareto_front(table, ("score", "uniformity"), ("max", "min"))
     assert set(front["label"]) == {"a", "b"}  # c is beaten by b, d by a, e by b
     assert markdown_table(front).splitlines()[0] == "| label | score | uniformity |"
+
+
+def test_importances_rank_the_parameter_that_drives_the_metric(base) -> None:
+    space = load_space(SPACE, ["objective.weighting=null", "objective.passes=null", "objective.ema_start=null",
+                               "objective.ema_end=null", "masking=null"])
+    lambdas = [0.1 + 0.05 * i for i in range(16)]
+    others = [0.95 + 0.003 * ((7 * i) % 16) for i in range(16)]  # a permutation: unrelated to the score
+    space = {**space, "objective.ema_start": optuna.distributions.FloatDistribution(0.95, 0.999)}
+    table = pd.DataFrame({"label": [f"t{i}" for i in range(16)], "outcome": ["finished"] * 16,
+                          "trial.objective.lambda_init": lambdas, "trial.objective.ema_start": others,
+                          "probe/mean_score": [0.5 + 0.4 * x for x in lambdas]})
+    found = importances(table, base, space)["probe/mean_score"]
+    assert set(found) == {"objective.lambda_init", "objective.ema_start"}
+    assert found["objective.lambda_init"] > 0.7 > found["objective.ema_start"]
