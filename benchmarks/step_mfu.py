@@ -7,6 +7,7 @@ hybrid / MLM step ratios, and our MLM step against Hugging Face `BertForMaskedLM
 Variants (same encoder size, batch and real Wikipedia batch, AdamW, fp32):
   mlm, hybrid-p1, hybrid-p2   PretrainModule + the registry objective + the loop's optimiser (what Ray runs)
   mlm-before                  mlm as it was before the issue-6 changes: torch's nn.Dropout, per-tensor AdamW
+  mlm-attn0                   mlm without dropout on attention probabilities (CPU SDPA keeps its flash kernel)
   hf-mlm                      BertForMaskedLM (SDPA), labels on the same masked positions, vocab head on every
                               position (the library's way), AdamW with the same settings
 Each round runs `steps` steps of every variant in turn (interleaved: this machine is noisy) and then times each
@@ -40,7 +41,7 @@ from objectives.masking import SpecialTokens, mask_batch
 
 VARIANTS = {"mlm": ["objective.name=mlm"], "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
             "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"], "hf-mlm": ["objective.name=mlm"],
-            "mlm-before": ["objective.name=mlm"]}
+            "mlm-before": ["objective.name=mlm"], "mlm-attn0": ["objective.name=mlm", "model.attention_dropout=0.0"]}
 
 
 def real_batch(cfg: Config):

@@ -84,7 +84,8 @@ def test_ray_job_submit_runs_a_smoke_sweep_on_a_local_head(tmp_path: Path) -> No
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     temp = Path(f"/tmp/rayjob_{os.getpid()}")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # As in an activated venv: the job's `python` is the one with this project's dependencies.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     started = _ray(["start", "--head", f"--port={ports[0]}", f"--dashboard-port={ports[1]}", "--num-cpus=3",
                     "--include-dashboard=true", f"--temp-dir={temp}", "--object-store-memory=200000000"], env,
@@ -92,13 +93,17 @@ def test_ray_job_submit_runs_a_smoke_sweep_on_a_local_head(tmp_path: Path) -> No
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         out = tmp_path / "out"
-        submitted = _ray(
-            ["job", "submit", f"--address=http://127.0.0.1:{ports[1]}", "--working-dir", ".",
-             "--runtime-env", "studies/runtime_env.yaml", "--",
-             "python", "studies/lambda_sweep.py", "--config", "studies/configs/tiny.yaml", "--smoke",
-             "study.num_samples=1", f"output_dir={out}", f"data.source={SHARED / 'wikipedia' / 'enwiki-2015-excerpt'}",
-             f"data.tokenizer={SHARED / 'tokenizers' / 'bert-base-uncased'}", f"eval.glue_dir={SHARED / 'glue'}"],
-            env, cwd=REPO, timeout=600)
+        submit = ["job", "submit", f"--address=http://127.0.0.1:{ports[1]}", "--working-dir", ".",
+                  "--runtime-env", "studies/runtime_env.yaml", "--",
+                  "python", "studies/lambda_sweep.py", "--config", "studies/configs/tiny.yaml", "--smoke",
+                  "study.num_samples=1", f"output_dir={out}",
+                  f"data.source={SHARED / 'wikipedia' / 'enwiki-2015-excerpt'}",
+                  f"data.tokenizer={SHARED / 'tokenizers' / 'bert-base-uncased'}", f"eval.glue_dir={SHARED / 'glue'}"]
+        for _ in range(30):  # the head's job agent comes up some seconds after `ray start` returns
+            submitted = _ray(submit, env, cwd=REPO, timeout=600)
+            if "No available agent" not in submitted.stderr + submitted.stdout:
+                break
+            time.sleep(2)
         assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
         assert "succeeded" in submitted.stdout and "[lambda_sweep] report" in submitted.stdout
         summary = (out / "studies" / "lambda_sweep_smoke" / "report" / "summary.csv").read_text()
