@@ -6,7 +6,8 @@ hybrid / MLM step ratios, and our MLM step against Hugging Face `BertForMaskedLM
 
 Variants (same encoder size, batch and real Wikipedia batch, AdamW, fp32):
   mlm, hybrid-p1, hybrid-p2   PretrainModule + the registry objective + the loop's optimiser (what Ray runs)
-  mlm-before                  mlm as it was before the issue-6 changes: torch's nn.Dropout, per-tensor AdamW
+  mlm-before                  mlm as it was before the issue-6 changes: torch's nn.Dropout, per-tensor AdamW,
+                              F.cross_entropy
   mlm-attn0                   mlm without dropout on attention probabilities (CPU SDPA keeps its flash kernel)
   hf-mlm                      BertForMaskedLM (SDPA), labels on the same masked positions, vocab head on every
                               position (the library's way), AdamW with the same settings
@@ -20,6 +21,7 @@ the matmuls were free).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
+import objectives.mlm as mlm_module
 from harness.config import Config, load_config, resolve_location
 from harness.perf import measure_matmul_flops
 from harness.prepare import load_tokenizer, pack_documents
@@ -92,6 +95,9 @@ class Runner:
             labels[batch.mlm_positions] = batch.mlm_labels
             loss = self.model(input_ids=batch.mlm_input_ids, attention_mask=batch.attention_mask,
                               labels=labels.view_as(self.ids)).loss
+        elif self.name == "mlm-before":
+            with torch_cross_entropy():
+                loss, _ = self.model(batch)
         else:
             loss, _ = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -105,6 +111,17 @@ class Runner:
         shape = expected_shape(self.cfg)  # the vocab head on every position
         tokens = shape.batch * shape.seq_len
         return train_flops_per_step(self.cfg, dataclasses.replace(shape, mlm_positions=tokens))
+
+
+@contextlib.contextmanager
+def torch_cross_entropy():
+    """objectives.mlm with torch's F.cross_entropy instead of its own (for the mlm-before variant's steps)."""
+    saved = mlm_module.cross_entropy
+    mlm_module.cross_entropy = torch.nn.functional.cross_entropy
+    try:
+        yield
+    finally:
+        mlm_module.cross_entropy = saved
 
 
 def restore_torch_dropout(model: torch.nn.Module) -> None:

@@ -45,7 +45,9 @@ def main() -> None:
         wall, train_wall, steps = m["perf/trial_wall_s"], m["perf/trial_train_wall_s"], m["perf/train_time_s"]
         rows.append((wall, train_wall, steps, (wall - steps) / wall, (train_wall - steps) / train_wall))
         print(f"trial wall {wall:.1f} s, pre-training wall {train_wall:.1f} s, sum of steps {steps:.1f} s: "
-              f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training", flush=True)
+              f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training; last log interval: "
+              f"data-wait {m['perf/data_wait']:.2%}, MFU {m['perf/mfu']:.2f}, {m['perf/tokens_per_s']:.0f} tokens/s",
+              flush=True)
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median over {len(rows)} trials: trial wall {med[0]:.1f} s, pre-training wall {med[1]:.1f} s, "
           f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only)")
