@@ -17,10 +17,11 @@ from their last checkpoint under the same child run; a different config under th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,32 @@ FORBIDDEN = ("data.", "output_dir", "tracking.", "study.", "eval.")  # shared by
 
 class TrialDiverged(RuntimeError):
     """The trial's loss became NaN/inf; its child run is marked diverged and the study goes on."""
+
+
+# ---------------------------------------------------------------- the scripts' command line
+
+
+def study_arguments(doc: str, spec_option: str, default_spec: str, argv: list[str] | None) -> argparse.Namespace:
+    """--config, the study's YAML (`--space` or `--spec`), --smoke, and overrides: `<space|spec>.key=value`
+    ones edit the study's YAML (args.spec_overrides), the others the config (args.config_overrides)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
+    parser.add_argument(spec_option, dest="spec", default=default_spec, help=f"the study's YAML ({default_spec})")
+    parser.add_argument("--smoke", action="store_true", help="a few tiny trials (use with studies/configs/tiny.yaml)")
+    prefix = f"{spec_option.removeprefix('--')}."
+    parser.add_argument("overrides", nargs="*", help=f"dotted config overrides; {prefix}* ones edit {spec_option}")
+    args = parser.parse_args(argv)
+    args.config_overrides = [o for o in args.overrides if not o.startswith(prefix)]
+    args.spec_overrides = [o.removeprefix(prefix) for o in args.overrides if o.startswith(prefix)]
+    return args
+
+
+def exit_on_setup_error(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a study script's body; a bad config, spec, path or store ends it with one plain line."""
+    try:
+        return run(args)
+    except SETUP_ERRORS as e:
+        raise SystemExit(f"[{name}] {e}") from None
 
 
 # ---------------------------------------------------------------- search spaces and trial specs

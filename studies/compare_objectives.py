@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from eval.report import read_run, write_table  # noqa: E402
 from eval.stats import aggregate_seeds, compare  # noqa: E402
 from harness.config import ConfigError, load_config  # noqa: E402
-from harness.study import SETUP_ERRORS, TrialSpec, apply_params, load_spec, open_study  # noqa: E402
+from harness.study import TrialSpec, apply_params, exit_on_setup_error, load_spec, open_study, study_arguments  # noqa
 from harness.study_report import markdown_table  # noqa: E402
 from objectives.flops import train_flops_per_step  # noqa: E402
 
@@ -49,26 +49,15 @@ def trial_grid(cfg, spec: dict) -> tuple[list[TrialSpec], pd.DataFrame]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
-    parser.add_argument("--spec", default=DEFAULT_SPEC, help=f"objectives, seeds, matching (default {DEFAULT_SPEC})")
-    parser.add_argument("--smoke", action="store_true", help="mlm vs hybrid, one seed, tiny runs")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides; spec.* ones edit the spec")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SETUP_ERRORS as e:  # bad config, spec or data: nothing ran
-        raise SystemExit(f"[compare_objectives] {e}") from None
+    return exit_on_setup_error("compare_objectives", run, study_arguments(__doc__, "--spec", DEFAULT_SPEC, argv))
 
 
 def run(args: argparse.Namespace) -> int:
     # 1. The base config (no early stopping: every run must reach its budget) and the trial grid.
-    config_overrides = [o for o in args.overrides if not o.startswith("spec.")]
     defaults = ["study.name=compare_objectives", "study.scheduler=none"]
-    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + config_overrides)
-    spec_overrides = (SMOKE_SPEC if args.smoke else []) + [o.removeprefix("spec.") for o in args.overrides
-                                                           if o.startswith("spec.")]
-    grid, budgets = trial_grid(cfg, load_spec(args.spec, spec_overrides))
+    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
+    spec = load_spec(args.spec, (SMOKE_SPEC if args.smoke else []) + args.spec_overrides)
+    grid, budgets = trial_grid(cfg, spec)
     print(f"[compare_objectives] {len(grid)} runs:\n{budgets.to_string(index=False)}", flush=True)
 
     # 2. Run (or resume) the study.

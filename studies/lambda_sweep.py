@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
 from harness.config import load_config  # noqa: E402
-from harness.study import SETUP_ERRORS, load_space, open_study  # noqa: E402
+from harness.study import exit_on_setup_error, load_space, open_study, study_arguments  # noqa: E402
 
 DEFAULT_SPACE = "studies/spaces/lambda_sweep.yaml"
 
@@ -30,28 +30,16 @@ SMOKE = ["study.name=lambda_sweep_smoke", "study.num_samples=2", "study.max_conc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
-    parser.add_argument("--space", default=DEFAULT_SPACE, help=f"search space YAML (default {DEFAULT_SPACE})")
-    parser.add_argument("--smoke", action="store_true", help="a tiny 2-trial study (overrides still apply)")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides; space.* ones edit the search space")
-    args = parser.parse_args(argv)
-
-    try:
-        return run(args)
-    except SETUP_ERRORS as e:  # bad config, space or data: nothing ran
-        raise SystemExit(f"[lambda_sweep] {e}") from None
+    return exit_on_setup_error("lambda_sweep", run, study_arguments(__doc__, "--space", DEFAULT_SPACE, argv))
 
 
 def run(args: argparse.Namespace) -> int:
     # 1. The base config: the file, the smoke setting, then the command line.
-    config_overrides = [o for o in args.overrides if not o.startswith("space.")]
     defaults = ["study.name=lambda_sweep", "objective.name=hybrid"]
-    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + config_overrides)
+    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
 
     # 2. The search space: the YAML, then space.* overrides.
-    space_overrides = [o.removeprefix("space.") for o in args.overrides if o.startswith("space.")]
-    space = load_space(args.space, space_overrides)
+    space = load_space(args.spec, args.spec_overrides)
     print(f"[lambda_sweep] {cfg.study.num_samples} trials over {', '.join(space)}", flush=True)
 
     # 3. Run (or resume) the study and write its report.

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from harness.config import ConfigError, load_config  # noqa: E402
-from harness.study import SETUP_ERRORS, TrialSpec, apply_params, load_spec, open_study  # noqa: E402
+from harness.study import TrialSpec, apply_params, exit_on_setup_error, load_spec, open_study, study_arguments  # noqa
 from harness.study_report import markdown_table  # noqa: E402
 from objectives.flops import train_flops_per_step  # noqa: E402
 
@@ -86,26 +86,15 @@ def plot_fits(table: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
-    parser.add_argument("--spec", default=DEFAULT_SPEC, help=f"sizes, budgets, objectives (default {DEFAULT_SPEC})")
-    parser.add_argument("--smoke", action="store_true", help="one tiny size, two small budgets")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides; spec.* ones edit the spec")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SETUP_ERRORS as e:  # bad config, spec or data: nothing ran
-        raise SystemExit(f"[scaling] {e}") from None
+    return exit_on_setup_error("scaling", run, study_arguments(__doc__, "--spec", DEFAULT_SPEC, argv))
 
 
 def run(args: argparse.Namespace) -> int:
     # 1. The base config (no early stopping: every run must spend its budget) and the grid.
-    config_overrides = [o for o in args.overrides if not o.startswith("spec.")]
     defaults = ["study.name=scaling", "study.scheduler=none"]
-    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + config_overrides)
-    spec_overrides = (SMOKE_SPEC if args.smoke else []) + [o.removeprefix("spec.") for o in args.overrides
-                                                           if o.startswith("spec.")]
-    grid, compute = trial_grid(cfg, load_spec(args.spec, spec_overrides))
+    cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
+    spec = load_spec(args.spec, (SMOKE_SPEC if args.smoke else []) + args.spec_overrides)
+    grid, compute = trial_grid(cfg, spec)
     print(f"[scaling] {len(grid)} runs: {', '.join(t.label for t in grid)}", flush=True)
 
     # 2. Run (or resume) the study; 3. fit and plot the power laws; write the report.
