@@ -372,11 +372,12 @@ def prepare_run(cfg: Config) -> PreparedRun:
 
 
 def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
-          callbacks: Sequence[UserCallback] = (), quick_probe: list | None = None) -> dict[str, Any]:
+          callbacks: Sequence[UserCallback] = (), quick_tasks: list | None = None) -> dict[str, Any]:
     """Train one run on Ray (logging to the open MLflow `run`), export its encoder to run_dir/encoder.
 
     `cfg` may differ from prepared.cfg in anything but the data section (a study's trial). A Train run
-    whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2)."""
+    whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2).
+    `quick_tasks` (eval.quick.build_quick_probe): run the quick probe on rank 0 at every eval step."""
     if cfg.data != prepared.cfg.data:
         raise ValueError("the data section of a trial must equal the prepared one; prepare the data per config")
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
@@ -385,7 +386,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
         "config": cfg.to_dict(),
         "specials": dataclasses.asdict(prepared.specials),
         "fault_marker": str(run_dir / "fault_injected") if cfg.train.fail_at_step is not None else None,
-        "quick_probe": quick_probe,
+        "quick_probe": quick_tasks,
     }
     uri = prepared.tracking_uri
     trainer = build_trainer(cfg, train_loop_per_worker, loop_config, read_prepared(prepared.data_dir), name,

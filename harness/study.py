@@ -379,7 +379,10 @@ def open_study(cfg: Config, space: dict[str, optuna.distributions.BaseDistributi
     glue_dir = Path(resolve_location(cfg.eval.glue_dir)) if cfg.eval.glue_dir else None
     suite = SuiteConfig(tasks=cfg.eval.tasks, poolings=cfg.eval.poolings, max_train=cfg.eval.max_train,
                         max_dev=cfg.eval.max_dev, n_boot=cfg.eval.n_boot, geometry_n=cfg.eval.geometry_n)
-    preflight_tasks(glue_dir, suite, cfg.eval.quick_tasks)
+    try:
+        preflight_tasks(glue_dir, suite, cfg.eval.quick_tasks)
+    except ValueError as e:  # an unknown task or pooling name
+        raise ConfigError(f"eval: {e}") from None
 
     study_dir = resolve_path(cfg.output_dir) / "studies" / cfg.study.name
     state_file = study_dir / "study.json"
@@ -390,7 +393,10 @@ def open_study(cfg: Config, space: dict[str, optuna.distributions.BaseDistributi
         raise ConfigError(f"study {cfg.study.name!r} in {study_dir} was started with other settings ("
                           + "; ".join(diffs[:8]) + "). Resume it with its own settings, or start a new study "
                           "with study.name=<new name>.")
-    prepared = prepare_run(cfg)
+    try:
+        prepared = prepare_run(cfg)
+    except ValueError as e:  # e.g. a tokenizer larger than model.vocab_size, a checkpoint of another model
+        raise ConfigError(str(e)) from None
     warn_if_crowded(cfg)
     quick = build_quick_probe(cfg.eval.quick_tasks, glue_dir, load_tokenizer(prepared.cfg.data.tokenizer),
                               cfg.eval.quick_train, cfg.eval.quick_dev, cfg.eval.quick_max_len)

@@ -6,8 +6,8 @@
 - `ReportToMLflow` is a Ray Train callback: it runs on the Train controller, which Ray pins to the
   driver's node, so per-step metrics reach a tracking server bound to 127.0.0.1 on the head.
 - Studies: a parent run per study, a child run per Tune trial found again by its trial id (a resumed
-  study reopens both instead of duplicating them); `CloseStoppedTrials` is a Tune callback that ends
-  the child runs of trials stopped early by the scheduler (killed before they could end their run).
+  study reopens both instead of duplicating them); `CloseStoppedTrials` is a Tune callback that tags
+  and ends the child runs of trials stopped early by the scheduler.
 - `log_metrics` / `log_artifact` log to the active run and are no-ops without one, so library code
   (evaluation) can log unconditionally.
 """
@@ -116,7 +116,7 @@ def training_run(uri: str, experiment: str, run_name: str, config: dict[str, Any
     handle = RunHandle(run.info.run_id)
     try:
         if run_id is None:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
+            log_params(flatten(config))
             mlflow.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
         yield handle
     except BaseException:

@@ -106,3 +106,16 @@ def test_importances_rank_the_parameter_that_drives_the_metric(base) -> None:
     found = importances(table, base, space)["probe/mean_score"]
     assert set(found) == {"objective.lambda_init", "objective.ema_start"}
     assert found["objective.lambda_init"] > 0.7 > found["objective.ema_start"]
+
+
+def test_bad_eval_names_and_paths_stop_a_study_before_any_work(base, tmp_path) -> None:
+    from harness.study import open_study
+
+    space = load_space(SPACE)
+    for overrides, message in ((["eval.tasks=[sst2, qnli]"], "eval: unknown task 'qnli'"),
+                               (["eval.poolings=[mean, median]"], "eval: unknown pooling median"),
+                               ([f"eval.glue_dir={tmp_path / 'nowhere'}"], "GLUE folder .* not found")):
+        cfg = load_config(REPO / "studies" / "configs" / "tiny.yaml", [*overrides, f"output_dir={tmp_path}"])
+        with pytest.raises((ConfigError, FileNotFoundError), match=message), open_study(cfg, space=space):
+            pass
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "data").exists()  # nothing was written
