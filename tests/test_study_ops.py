@@ -79,7 +79,7 @@ def test_ray_job_submit_runs_a_smoke_sweep_on_a_local_head(tmp_path: Path) -> No
     import socket
 
     ports = []
-    for _ in range(2):
+    for _ in range(3):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
@@ -87,7 +87,10 @@ def test_ray_job_submit_runs_a_smoke_sweep_on_a_local_head(tmp_path: Path) -> No
     # As in an activated venv: the job's `python` is the one with this project's dependencies.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    started = _ray(["start", "--head", f"--port={ports[0]}", f"--dashboard-port={ports[1]}", "--num-cpus=3",
+    # Its own agent port: the session's Ray (an earlier test's) holds the default 52365, and a head whose
+    # agent cannot bind it accepts no job ("No available agent").
+    started = _ray(["start", "--head", f"--port={ports[0]}", f"--dashboard-port={ports[1]}",
+                    f"--dashboard-agent-listen-port={ports[2]}", "--num-cpus=3",
                     "--include-dashboard=true", f"--temp-dir={temp}", "--object-store-memory=200000000"], env,
                    timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
@@ -99,9 +102,10 @@ def test_ray_job_submit_runs_a_smoke_sweep_on_a_local_head(tmp_path: Path) -> No
                   "study.num_samples=1", f"output_dir={out}",
                   f"data.source={SHARED / 'wikipedia' / 'enwiki-2015-excerpt'}",
                   f"data.tokenizer={SHARED / 'tokenizers' / 'bert-base-uncased'}", f"eval.glue_dir={SHARED / 'glue'}"]
-        for _ in range(30):  # the head's job agent comes up some seconds after `ray start` returns
+        deadline = time.time() + 60  # the head's job agent comes up some seconds after `ray start` returns
+        while True:
             submitted = _ray(submit, env, cwd=REPO, timeout=600)
-            if "No available agent" not in submitted.stderr + submitted.stdout:
+            if "No available agent" not in submitted.stderr + submitted.stdout or time.time() > deadline:
                 break
             time.sleep(2)
         assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-2000:]
