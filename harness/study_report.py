@@ -43,7 +43,8 @@ def trial_table(uri: str, parent_run_id: str, cfg: Config, space: dict | None) -
         row.update({k: param_value(v) for k, v in sorted(run["params"].items()) if k.startswith("trial.")})
         row.update({m: metrics.get(m, math.nan) for m in dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS])})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    columns = ["label", "group", "outcome", "steps", "run_id", *dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS])]
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)  # no trial ran: the columns still exist
     if table.empty:
         return table
     primary, mode = cfg.study.metric[0], cfg.study.mode[0]
