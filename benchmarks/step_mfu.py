@@ -132,8 +132,9 @@ def restore_torch_dropout(model: torch.nn.Module) -> None:
             restore_torch_dropout(child)
 
 
-def gemm_shapes(cfg: Config, runner: Runner) -> list[tuple[int, int, int, float]]:
+def gemm_shapes(runner: Runner) -> list[tuple[int, int, int, float]]:
     """(m, k, n, count) of the forward GEMMs of one step; the backward runs two GEMMs of the same sizes each."""
+    cfg = runner.cfg
     m, s = cfg.model, expected_shape(cfg)
     tokens, d, f = s.batch * s.seq_len, m.hidden_size, m.intermediate_size
     masked = tokens if runner.name == "hf-mlm" else max(1, round(s.mlm_positions))
@@ -191,11 +192,11 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / args.steps)
         rates = {}
         for runner in runners.values():
-            for a, b, c, _ in gemm_shapes(runner.cfg, runner):
+            for a, b, c, _ in gemm_shapes(runner):
                 if (a, b, c) not in rates:
                     rates[(a, b, c)] = measure_matmul_flops(a, b, c, torch.device("cpu"), min_seconds=0.3)
         for name, runner in runners.items():
-            ratios[name].append(runner.flops() / times[name][-1] / gemm_rate(gemm_shapes(runner.cfg, runner), rates))
+            ratios[name].append(runner.flops() / times[name][-1] / gemm_rate(gemm_shapes(runner), rates))
         print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in runners), flush=True)
 
     tokens = base.optim.batch_size * base.data.seq_len

@@ -336,18 +336,23 @@ def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix}{e}") from None
 
 
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """"optim.lr=1e-4" -> (["optim", "lr"], 1e-4): the dotted path and the value parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. optim.lr=1e-4")
+    return key.strip().split("."), yaml.safe_load(text)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """["optim.lr=1e-4", "masking.enc_mask_scale=[0.7,0.9]"] -> nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. optim.lr=1e-4")
+        (*parents, leaf), value = parse_override(item)
         node = nested
-        *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = value
     return nested
 
 

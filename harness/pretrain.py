@@ -346,7 +346,7 @@ class PreparedRun:
 
     cfg: Config  # with data.source and data.tokenizer resolved
     data_dir: Path
-    specials: SpecialTokens
+    tokenizer: Any  # the loaded tokenizer: its special ids for the masks, saved beside every exported encoder
     tracking_uri: str
 
 
@@ -368,7 +368,7 @@ def prepare_run(cfg: Config) -> PreparedRun:
     if not ray.is_initialized():
         ray.init()  # inside `ray job submit`, RAY_ADDRESS points at the cluster
     data_dir = prepare(data_cfg, output / "data")
-    return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, SpecialTokens.from_tokenizer(tokenizer), uri)
+    return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, tokenizer, uri)
 
 
 def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
@@ -384,7 +384,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     run_dir.mkdir(parents=True, exist_ok=True)
     loop_config = {
         "config": cfg.to_dict(),
-        "specials": dataclasses.asdict(prepared.specials),
+        "specials": dataclasses.asdict(SpecialTokens.from_tokenizer(prepared.tokenizer)),
         "fault_marker": str(run_dir / "fault_injected") if cfg.train.fail_at_step is not None else None,
         "quick_probe": quick_tasks,
     }
@@ -404,7 +404,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     encoder = run_dir / ENCODER_DIR  # HF format with its tokenizer: what eval.run reads
     with result.checkpoint.as_directory() as checkpoint_dir:
         shutil.copytree(Path(checkpoint_dir) / ENCODER_DIR, encoder, dirs_exist_ok=True)
-    load_tokenizer(cfg.data.tokenizer).save_pretrained(encoder)
+    prepared.tokenizer.save_pretrained(encoder)
     tracking.log_artifact(encoder, ENCODER_DIR)
     run.set_outcome("finished", f"{metrics.get('step')} steps")
     keys = ("train/loss", "train/loss_mlm", "train/loss_jepa", "train/lambda", "val/loss_mlm",

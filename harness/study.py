@@ -38,9 +38,8 @@ from eval.quick import QuickTask, build_quick_probe
 from eval.report import write_run
 from eval.suite import SuiteConfig, headline_metrics, preflight_tasks, result_metrics, run_suite
 from harness import tracking
-from harness.config import Config, ConfigError, config_from_dict, resolve_location, resolve_path
+from harness.config import Config, ConfigError, config_from_dict, parse_override, resolve_location, resolve_path
 from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
-from harness.prepare import load_tokenizer
 from harness.pretrain import PreparedRun, prepare_run, train
 
 SETUP_ERRORS = (ConfigError, FileNotFoundError, tracking.TrackingError)  # what a study script reports plainly
@@ -121,16 +120,12 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"study file {path}: top level must be a mapping")
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        (*parents, leaf), value = parse_override(item)
         node = tree
-        *parents, leaf = key.strip().split(".")
         for part in parents:
             if not isinstance(node.setdefault(part, {}), dict):
                 raise ConfigError(f"override {item!r}: {part} is not a mapping")
             node = node[part]
-        value = yaml.safe_load(text)
         if value is None:
             node.pop(leaf, None)
         else:
@@ -398,7 +393,7 @@ def open_study(cfg: Config, space: dict[str, optuna.distributions.BaseDistributi
     except ValueError as e:  # e.g. a tokenizer larger than model.vocab_size, a checkpoint of another model
         raise ConfigError(str(e)) from None
     warn_if_crowded(cfg)
-    quick = build_quick_probe(cfg.eval.quick_tasks, glue_dir, load_tokenizer(prepared.cfg.data.tokenizer),
+    quick = build_quick_probe(cfg.eval.quick_tasks, glue_dir, prepared.tokenizer,
                               cfg.eval.quick_train, cfg.eval.quick_dev, cfg.eval.quick_max_len)
     uri = prepared.tracking_uri
     with tracking.training_run(uri, cfg.tracking.experiment, cfg.study.name, cfg.to_dict(),

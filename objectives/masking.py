@@ -19,6 +19,7 @@ JEPA  - `num_pred_masks` target blocks per row, each a contiguous run of round(s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
@@ -65,15 +66,16 @@ class MaskedBatch:
     tgt_idx: Tensor | None = None  # (P, B, Kt) target positions of each block, ascending
     stats: dict[str, float] = field(default_factory=dict)  # mask statistics, already host floats
 
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> MaskedBatch:
+        return replace(self, **{f.name: fn(getattr(self, f.name))
+                                for f in fields(self) if isinstance(getattr(self, f.name), Tensor)})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskedBatch:
-        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                 for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **moved)
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> MaskedBatch:
         """Page-locked copies, so that .to(cuda, non_blocking=True) really overlaps with compute."""
-        return replace(self, **{f.name: getattr(self, f.name).pin_memory()
-                                for f in fields(self) if isinstance(getattr(self, f.name), Tensor)})
+        return self._map(Tensor.pin_memory)
 
 
 def eligible_tokens(input_ids: Tensor, attention_mask: Tensor, specials: SpecialTokens) -> Tensor:
