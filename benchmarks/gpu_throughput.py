@@ -2,10 +2,10 @@
 
     python -m benchmarks.gpu_throughput [--config studies/configs/base.yaml] [--steps 20] [--rounds 3] [--compile]
 
-The step is the Ray loop's: masks drawn on the CPU per batch, pinned memory and non-blocking copies, bf16
-autocast, TF32 matmuls, SDPA (flash kernels on GPU), the MLM head on masked positions only, fused AdamW, metrics
-left on the device (one sync per timed block). mlm and hybrid (passes 1 and 2) are interleaved over rounds;
-medians are reported. Needs a CUDA device.
+The step is the Ray loop's (harness.pretrain.train_step): masks drawn on the CPU per batch, pinned memory and
+non-blocking copies, bf16 autocast, TF32 matmuls, SDPA (flash kernels on GPU), the MLM head on masked positions
+only, fused AdamW, metrics left on the device (one sync per timed block). mlm and hybrid (passes 1 and 2) are
+interleaved over rounds; medians are reported. Needs a CUDA device.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from benchmarks.step_mfu import real_batch
 from harness.config import load_config
 from harness.perf import peak_flops
-from harness.pretrain import build_optimizer
+from harness.pretrain import build_optimizer, train_step
 from objectives import PretrainModule, mask_plan
 from objectives.flops import train_flops_per_step
 from objectives.masking import mask_batch
@@ -60,13 +60,7 @@ def main() -> None:
             generator = torch.Generator().manual_seed(i)
             batch = mask_batch(ids, torch.ones_like(ids), mask_plan(cfg), cfg.masking, specials, generator)
             batch = batch.pin_memory().to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss, _ = step_fn(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip, foreach=True)
-            optimizer.step()
-            module.nets.update_target(0.999)
+            train_step(step_fn, module, optimizer, batch, cfg.optim.grad_clip, momentum=0.999, diagnostics=False)
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1000 / steps

@@ -5,14 +5,21 @@ hybrid / MLM step ratios, and our MLM step against Hugging Face `BertForMaskedLM
     python -m benchmarks.step_mfu --profile mlm        # torch.profiler table of one variant's steps
 
 Variants (same encoder size, batch and real Wikipedia batch, AdamW, fp32):
-  mlm, hybrid-p1, hybrid-p2   PretrainModule + the registry objective + the loop's optimiser (what Ray runs)
-  mlm-before                  mlm as it was before the issue-6 changes: torch's nn.Dropout, per-tensor AdamW,
-                              F.cross_entropy
-  mlm-attn0                   mlm without dropout on attention probabilities (CPU SDPA keeps its flash kernel)
+  mlm, hybrid-p1, hybrid-p2   what a Ray worker runs per step: the masks drawn as the loop draws them, then
+                              harness.pretrain.train_step (objective forward, backward, clip, fused AdamW, EMA)
+  mlm-before                  mlm without any issue-6 CPU change: torch's nn.Dropout, torch's SDPA (its math
+                              path under attention dropout), per-tensor AdamW, nn.Linear + F.cross_entropy,
+                              glibc malloc's defaults
+  mlm-torch-attention         mlm with torch's SDPA instead of models.attention (only that change undone)
+  mlm-unfused-loss            mlm with nn.Linear + F.cross_entropy instead of the fused decoder cross-entropy
+  mlm-glibc-default           mlm with glibc malloc's defaults (the others run with
+                              harness.perf.retain_freed_memory, as the training workers do)
+  mlm-attn0                   mlm without dropout on attention probabilities (CPU SDPA's flash kernel)
   hf-mlm                      BertForMaskedLM (SDPA), labels on the same masked positions, vocab head on every
                               position (the library's way), AdamW with the same settings
 Each round runs `steps` steps of every variant in turn (interleaved: this machine is noisy) and then times each
-GEMM shape of the model; per variant the median step time over rounds is reported.
+GEMM shape of the step (objectives.flops.step_matmuls: encoder, MLM head, predictor, EMA target); per variant
+the median step time over rounds is reported.
 MFU = analytic model FLOP/s / the GEMM-weighted matmul rate: total GEMM FLOPs of a step divided by the time those
 GEMMs take at the rates measured for their shapes in the same round (the best a step could do if everything but
 the matmuls were free).
@@ -34,17 +41,24 @@ from transformers import BertConfig, BertForMaskedLM
 
 import objectives.mlm as mlm_module
 from harness.config import Config, load_config, resolve_location
-from harness.perf import measure_matmul_flops
+from harness.perf import measure_matmul_flops, retain_freed_memory
 from harness.prepare import load_tokenizer, pack_documents
-from harness.pretrain import build_optimizer
+from harness.pretrain import build_optimizer, train_step
+from models import momentum_at
 from models.dropout import LaneDropout
 from objectives import PretrainModule, mask_plan
-from objectives.flops import expected_shape, train_flops_per_step
+from objectives.flops import Gemm, StepShape, expected_shape, step_matmuls
 from objectives.masking import SpecialTokens, mask_batch
 
-VARIANTS = {"mlm": ["objective.name=mlm"], "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
-            "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"], "hf-mlm": ["objective.name=mlm"],
-            "mlm-before": ["objective.name=mlm"], "mlm-attn0": ["objective.name=mlm", "model.attention_dropout=0.0"]}
+MLM = ["objective.name=mlm"]
+VARIANTS = {"mlm": MLM, "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
+            "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"], "hf-mlm": MLM,
+            "mlm-before": MLM, "mlm-torch-attention": MLM, "mlm-unfused-loss": MLM, "mlm-glibc-default": MLM,
+            "mlm-attn0": [*MLM, "model.attention_dropout=0.0"]}
+# The issue-6 CPU changes each variant runs without.
+WITHOUT = {"mlm-before": {"lane_dropout", "lane_attention", "fused_loss", "retained_memory", "fused_adamw"},
+           "mlm-torch-attention": {"lane_attention"}, "mlm-unfused-loss": {"fused_loss"},
+           "mlm-glibc-default": {"retained_memory"}}
 
 
 def real_batch(cfg: Config):
@@ -78,15 +92,22 @@ class Runner:
         else:
             self.model = PretrainModule(cfg)
             self.optimizer = build_optimizer(self.model, cfg)
-        if name == "mlm-before":
+        self.without = WITHOUT.get(name, set())
+        if "lane_dropout" in self.without:
             restore_torch_dropout(self.model)
+        if "lane_attention" in self.without:
+            self.model.nets.encoder.set_attn_implementation("sdpa")
+        if "fused_adamw" in self.without:
             self.optimizer = torch.optim.AdamW(self.model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                                                betas=cfg.optim.betas, eps=cfg.optim.eps, foreach=False)
         self.model.train()
         self.step_index = 0
 
     def step(self) -> None:
+        """What one iteration of the training loop does: draw the masks, then harness.pretrain.train_step."""
         generator = torch.Generator().manual_seed(self.step_index)
+        o = self.cfg.optim
+        momentum = momentum_at(self.step_index, o.max_steps, self.cfg.objective.ema_start, self.cfg.objective.ema_end)
         self.step_index += 1
         batch = mask_batch(self.ids, torch.ones_like(self.ids), mask_plan(self.cfg), self.cfg.masking, self.specials,
                            generator)
@@ -95,33 +116,53 @@ class Runner:
             labels[batch.mlm_positions] = batch.mlm_labels
             loss = self.model(input_ids=batch.mlm_input_ids, attention_mask=batch.attention_mask,
                               labels=labels.view_as(self.ids)).loss
-        elif self.name == "mlm-before":
-            with torch_cross_entropy():
-                loss, _ = self.model(batch)
-        else:
-            loss, _ = self.model(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip, foreach=True)
-        self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip, foreach=True)
+            self.optimizer.step()
+            return
+        with contextlib.ExitStack() as stack:
+            if "retained_memory" in self.without:
+                stack.enter_context(glibc_default_malloc())
+            if "fused_loss" in self.without:
+                stack.enter_context(torch_cross_entropy())
+            train_step(self.model, self.model, self.optimizer, batch, o.grad_clip, momentum, diagnostics=False)
+
+    def shape(self) -> StepShape:
+        shape = expected_shape(self.cfg)
+        if self.name == "hf-mlm":  # the vocab head on every position
+            return dataclasses.replace(shape, mlm_positions=shape.batch * shape.seq_len)
+        return shape
+
+    def gemms(self) -> list[Gemm]:
+        return step_matmuls(self.cfg, self.shape())[0]
 
     def flops(self) -> float:
-        if self.name != "hf-mlm":
-            return train_flops_per_step(self.cfg)
-        shape = expected_shape(self.cfg)  # the vocab head on every position
-        tokens = shape.batch * shape.seq_len
-        return train_flops_per_step(self.cfg, dataclasses.replace(shape, mlm_positions=tokens))
+        gemms, attention = step_matmuls(self.cfg, self.shape())
+        return sum(g.flops for g in gemms) + attention
+
+
+@contextlib.contextmanager
+def glibc_default_malloc():
+    retain_freed_memory(False)
+    try:
+        yield
+    finally:
+        retain_freed_memory(True)
 
 
 @contextlib.contextmanager
 def torch_cross_entropy():
-    """objectives.mlm with torch's F.cross_entropy instead of its own (for the mlm-before variant's steps)."""
-    saved = mlm_module.cross_entropy
-    mlm_module.cross_entropy = torch.nn.functional.cross_entropy
+    """objectives.mlm with nn.Linear + F.cross_entropy instead of its fused decoder cross-entropy (mlm-before)."""
+    def linear_then_cross_entropy(x, decoder, labels, count_hits=False):
+        return torch.nn.functional.cross_entropy(decoder(x), labels), torch.zeros((), dtype=torch.long)
+
+    saved = mlm_module.decoder_cross_entropy
+    mlm_module.decoder_cross_entropy = linear_then_cross_entropy
     try:
         yield
     finally:
-        mlm_module.cross_entropy = saved
+        mlm_module.decoder_cross_entropy = saved
 
 
 def restore_torch_dropout(model: torch.nn.Module) -> None:
@@ -132,23 +173,13 @@ def restore_torch_dropout(model: torch.nn.Module) -> None:
             restore_torch_dropout(child)
 
 
-def gemm_shapes(runner: Runner) -> list[tuple[int, int, int, float]]:
-    """(m, k, n, count) of the forward GEMMs of one step; the backward runs two GEMMs of the same sizes each."""
-    cfg = runner.cfg
-    m, s = cfg.model, expected_shape(cfg)
-    tokens, d, f = s.batch * s.seq_len, m.hidden_size, m.intermediate_size
-    masked = tokens if runner.name == "hf-mlm" else max(1, round(s.mlm_positions))
-    layers = m.num_layers
-    shapes = [(tokens, d, d, 4 * layers), (tokens, d, f, layers), (tokens, f, d, layers)]
-    if cfg.objective.name in ("mlm", "hybrid"):
-        shapes += [(masked, d, d, 1), (masked, d, m.vocab_size, 1)]
-    return shapes
+def gemm_rate(gemms: list[Gemm], rates: dict[tuple[int, int, int], float]) -> float:
+    """FLOP/s of a step's GEMMs if each ran at the rate measured for its shape: their FLOPs over their times."""
+    return sum(g.flops for g in gemms) / sum(g.flops / rates[key(g)] for g in gemms)
 
 
-def gemm_rate(shapes: list[tuple[int, int, int, float]], rates: dict) -> float:
-    flops = sum(2 * a * b * c * n for a, b, c, n in shapes)
-    seconds = sum(2 * a * b * c * n / rates[(a, b, c)] for a, b, c, n in shapes)
-    return flops / seconds
+def key(gemm: Gemm) -> tuple[int, int, int]:
+    return max(1, round(gemm.m)), gemm.k, gemm.n
 
 
 def profile(runner: Runner, steps: int) -> None:
@@ -173,6 +204,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as the training workers do
     base = load_config(args.config, args.overrides)
     ids, specials = real_batch(base)
     names = [args.profile] if args.profile else args.variants
@@ -190,13 +222,13 @@ def main() -> None:
             for _ in range(args.steps):
                 runner.step()
             times[name].append((time.perf_counter() - start) / args.steps)
-        rates = {}
+        rates: dict[tuple[int, int, int], float] = {}
         for runner in runners.values():
-            for a, b, c, _ in gemm_shapes(runner):
-                if (a, b, c) not in rates:
-                    rates[(a, b, c)] = measure_matmul_flops(a, b, c, torch.device("cpu"), min_seconds=0.3)
+            for shape in map(key, runner.gemms()):
+                if shape not in rates:
+                    rates[shape] = measure_matmul_flops(*shape, torch.device("cpu"), min_seconds=0.3)
         for name, runner in runners.items():
-            ratios[name].append(runner.flops() / times[name][-1] / gemm_rate(gemm_shapes(runner), rates))
+            ratios[name].append(runner.flops() / times[name][-1] / gemm_rate(runner.gemms(), rates))
         print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in runners), flush=True)
 
     tokens = base.optim.batch_size * base.data.seq_len

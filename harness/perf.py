@@ -1,7 +1,9 @@
-"""Throughput accounting: the peak FLOP/s that MFU is measured against."""
+"""Throughput accounting (the peak FLOP/s that MFU is measured against) and the CPU allocator setting."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 
 import torch
@@ -16,13 +18,13 @@ def measure_matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: to
     model's own GEMM shape. The best, not the median: a busy neighbour can only make a run slower."""
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
-    a @ b  # warm up (thread pools, kernels)
+    c = a @ b  # warm up (thread pools, kernels); then into the same output: the GEMM, not the allocator
     best, spent, repeats = 0.0, 0.0, 0
     while spent < min_seconds or repeats < min_repeats:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        a @ b
+        torch.matmul(a, b, out=c)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
@@ -41,3 +43,25 @@ def peak_flops(configured: float | None, device: torch.device,
             if key in name:
                 return value, f"{key} bf16 dense peak"
     return measure_matmul_flops(*gemm_shape, device=device), f"measured fp32 matmul {gemm_shape}"
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+
+
+def retain_freed_memory(retain: bool = True) -> bool:
+    """Keep freed memory in this process instead of handing it back to the OS (glibc malloc, Linux).
+
+    torch's CPU tensors come from malloc. With glibc's defaults every tensor over its mmap threshold (at most
+    32 MB: the MLM logits and their gradient) is a fresh mapping whose pages fault in on first touch, and freed
+    memory at the top of the heap is trimmed away, so every step pays its page faults again (~6% of a
+    small.yaml MLM step here). Like the jemalloc settings PyTorch's CPU tuning advice uses, with no extra
+    library: the process keeps its peak memory reserved. retain=False restores glibc's defaults.
+    Returns whether it applied (False off glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    mmap_max, trim_threshold = (0, 2**31 - 1) if retain else (65536, 128 * 1024)
+    return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))

@@ -38,7 +38,7 @@ from eval.quick import quick_probe
 from harness import tracking
 from harness.config import Config, config_from_dict, load_config, resolve_location, resolve_path
 from harness.launch import build_trainer
-from harness.perf import peak_flops
+from harness.perf import peak_flops, retain_freed_memory
 from harness.prepare import load_tokenizer, prepare, read_prepared
 from models import export_encoder, momentum_at
 from objectives import PretrainModule, mask_plan
@@ -171,6 +171,24 @@ def to_masked_batch(raw: dict[str, torch.Tensor], cfg: Config, specials: Special
     return mask_batch(ids, attention, mask_plan(cfg), cfg.masking, specials, generator)
 
 
+def train_step(model: torch.nn.Module, module: PretrainModule, optimizer: torch.optim.Optimizer,
+               batch: MaskedBatch, grad_clip: float, momentum: float, diagnostics: bool
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    """One optimisation step: the objective's forward (bf16 autocast on GPU), backward, gradient clipping,
+    AdamW, EMA target update. `model` runs the forward (DDP and/or compiled); `module` is the bare
+    PretrainModule under it. Returns the loss and the metrics with the gradient norm; nothing syncs."""
+    device = batch.input_ids.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss, metrics = model(batch, diagnostics=diagnostics)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, foreach=True)
+    optimizer.step()
+    module.nets.update_target(momentum)
+    return loss, {**metrics, "grad_norm": grad_norm}
+
+
 def held_out_batches(shard, cfg: Config, specials: SpecialTokens) -> list[MaskedBatch]:
     """The first `train.eval_batches` held-out batches, masked once with fixed seeds and kept in
     memory: every validation scores the same tokens and masks, and reads the data only once."""
@@ -206,6 +224,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(worker_threads(cfg))
+    if device.type == "cpu":
+        retain_freed_memory()  # no page faults on every step's large tensors
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -274,17 +294,10 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             last = progress.step + 1 == o.max_steps
             log_now = (progress.step + 1) % cfg.train.log_every == 0 or last
             torch.manual_seed(derived_seed(cfg.seed, rank, progress.epoch, progress.step, 1))  # dropout
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, metrics = step_fn(batch, diagnostics=log_now)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = o.grad_clip if o.grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
-            grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, foreach=True)
-            optimizer.step()
-            scheduler.step()
             momentum = momentum_at(progress.step, o.max_steps, cfg.objective.ema_start, cfg.objective.ema_end)
-            module.nets.update_target(momentum)
-            meter.add({**metrics, "grad_norm": grad_norm}, progress.step, loss)
+            loss, metrics = train_step(step_fn, module, optimizer, batch, o.grad_clip, momentum, log_now)
+            scheduler.step()  # after the optimiser step: step 0 ran at warmup's first lr
+            meter.add(metrics, progress.step, loss)
             progress.step += 1
             progress.position = consumed
             interval_steps += 1

@@ -13,21 +13,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def lane_dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout of `x` (training mode); see the module docstring."""
+    if p == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    if p >= 1:
+        return torch.zeros_like(x)
+    threshold = -(2**15) + round(p * 2**16)  # int16 lanes below it are dropped
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= threshold
+    return x * torch.where(keep, 1.0 / (1.0 - p), 0.0).to(x.dtype)  # the scaled mask in one pass
+
+
 class LaneDropout(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         self.p = p
-        self.threshold = -(2**15) + round(p * 2**16)  # int16 lanes below it are dropped
-        self.scale = 1.0 / (1.0 - p) if p < 1 else 0.0
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
-        return x * torch.where(keep, self.scale, 0.0).to(x.dtype)  # the scaled mask in one pass
+        return lane_dropout(x, self.p) if self.training else x
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 from transformers import AutoModel, BertConfig, BertModel, PreTrainedModel
 
+from models.attention import LANE_SDPA
 from models.dropout import use_lane_dropout
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def _bert(cfg: ModelConfig) -> PreTrainedModel:
         pad_token_id=0,
     )
     # The HF export keeps torch's nn.Dropout (LaneDropout holds no weights: nothing to save).
-    return use_lane_dropout(BertModel._from_config(config, attn_implementation="sdpa", add_pooling_layer=False))
+    return use_lane_dropout(BertModel._from_config(config, attn_implementation=LANE_SDPA, add_pooling_layer=False))
 
 
 # One builder per architecture; each returns an HF encoder whose forward takes input_ids,

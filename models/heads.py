@@ -21,8 +21,11 @@ class MLMHead(nn.Module):
         if tied_embedding is not None:
             self.decoder.weight = tied_embedding.weight
 
+    def transform(self, hidden: Tensor) -> Tensor:
+        return self.norm(F.gelu(self.dense(hidden)))
+
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+        return self.decoder(self.transform(hidden))
 
 
 class Block(nn.Module):
@@ -37,10 +40,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, outputs_from: int = 0) -> Tensor:
+        """x (B, N, W) -> (B, N - outputs_from, W): every position attends, only the last N - outputs_from
+        positions are computed past the keys and values (their queries, the projection and the MLP)."""
         b, n, w = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
+        h = self.norm1(x)
+        if outputs_from == 0:
+            q, k, v = self.qkv(h).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        else:
+            x = x[:, outputs_from:]
+            q = F.linear(h[:, outputs_from:], self.qkv.weight[:w], self.qkv.bias[:w])
+            q = q.view(b, -1, self.heads, w // self.heads).transpose(1, 2)
+            kv = F.linear(h, self.qkv.weight[w:], self.qkv.bias[w:])
+            k, v = kv.view(b, n, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, x.shape[1], w)
         x = x + self.proj(attn)
         return x + self.mlp(self.norm2(x))
 
@@ -50,7 +63,8 @@ class Predictor(nn.Module):
     -> a narrow transformer -> predicted latents, in the encoder width, at the target positions.
 
     Each of the P target blocks is predicted in its own row (the context repeated P times), as in
-    I-JEPA, so target blocks never attend to each other."""
+    I-JEPA, so target blocks never attend to each other. The last block computes outputs at the target
+    queries only (the context's outputs there would be thrown away): same predictions, fewer FLOPs."""
 
     def __init__(self, encoder_width: int, width: int, depth: int, heads: int, max_positions: int):
         super().__init__()
@@ -73,7 +87,8 @@ class Predictor(nn.Module):
         ctx = (self.embed(context) + self.pos(ctx_idx)).repeat(blocks, 1, 1)
         queries = self.mask_token + self.pos(tgt_idx.flatten(0, 1))
         x = torch.cat([ctx, queries], dim=1)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x)
-        pred = self.out(self.norm(x[:, ctx.shape[1]:]))
+        x = self.blocks[-1](x, outputs_from=ctx.shape[1])  # only the target queries' outputs are used
+        pred = self.out(self.norm(x))
         return pred.view(blocks, batch, tgt_len, -1)

@@ -2,7 +2,8 @@
 
 Counts matmul FLOPs only (2 per multiply-add), as torch.utils.flop_counter does: linear layers,
 attention scores and values, the MLM head on masked positions only. A trained part costs 3x its
-forward (forward + backward for inputs and weights); the EMA target runs forward only.
+forward (forward + backward for inputs and weights); the EMA target runs forward only. The same GEMM list
+gives the shapes at which benchmarks measure the matmul rate MFU is compared with.
 """
 
 from __future__ import annotations
@@ -53,35 +54,80 @@ def shape_of(batch: MaskedBatch) -> StepShape:
     )
 
 
-def transformer_forward_flops(rows: float, seq: float, width: int, ffn: int, layers: int) -> float:
-    """Forward matmul FLOPs of `layers` transformer layers over `rows` sequences of `seq` tokens."""
-    linear = 2 * rows * seq * (4 * width * width + 2 * width * ffn)  # qkv + out proj + 2 FFN matmuls
-    attention = 4 * rows * seq * seq * width  # scores (QK^T) and weighted values (PV)
-    return layers * (linear + attention)
+@dataclass(frozen=True)
+class Gemm:
+    """One matmul shape of a step, (m x k) @ (k x n), run `count` times. A trained layer runs 3 matmuls of
+    its forward's FLOPs (forward, input gradient, weight gradient); a forward-only one (the EMA target) 1."""
+
+    m: float  # rows (tokens); an expected value for masked sizes
+    k: int
+    n: int
+    count: int
+
+    @property
+    def flops(self) -> float:
+        return 2 * self.m * self.k * self.n * self.count
+
+
+def transformer_gemms(tokens: float, width: int, ffn: int, layers: int, passes: int, fused_qkv: bool = False,
+                      last_layer_outputs: float | None = None) -> list[Gemm]:
+    """The linear layers of `layers` transformer layers over `tokens` tokens, each run `passes` times (3 trained,
+    1 forward-only). With `last_layer_outputs`, the last layer keeps only that many outputs: keys and values
+    over every token, queries, output projection and FFN over the kept ones."""
+    full = layers if last_layer_outputs is None else layers - 1
+    qkv = Gemm(tokens, width, 3 * width, full * passes) if fused_qkv else Gemm(tokens, width, width, 3 * full * passes)
+    gemms = [qkv, Gemm(tokens, width, width, full * passes), Gemm(tokens, width, ffn, full * passes),
+             Gemm(tokens, ffn, width, full * passes)]
+    if last_layer_outputs is not None:
+        kept = last_layer_outputs
+        kv = Gemm(tokens, width, 2 * width, passes) if fused_qkv else Gemm(tokens, width, width, 2 * passes)
+        gemms += [kv, Gemm(kept, width, width, 2 * passes), Gemm(kept, width, ffn, passes),
+                  Gemm(kept, ffn, width, passes)]
+    return [g for g in gemms if g.count > 0]
+
+
+def attention_flops(rows: float, seq: float, width: int, layers: int, last_layer_queries: float | None = None
+                    ) -> float:
+    """Forward FLOPs of attention scores (QK^T) and weighted values (PV) over `rows` sequences of `seq` tokens."""
+    queries = seq * layers if last_layer_queries is None else seq * (layers - 1) + last_layer_queries
+    return 4 * rows * queries * seq * width
+
+
+def step_matmuls(cfg: Config, shape: StepShape | None = None) -> tuple[list[Gemm], float]:
+    """(the GEMMs of one training step on one worker, the FLOPs of its attention matmuls)."""
+    s = shape or expected_shape(cfg)
+    m: ModelConfig = cfg.model
+    name, d = cfg.objective.name, m.hidden_size
+    gemms: list[Gemm] = []
+    attention = 0.0
+
+    def encoder(seq: float, passes: int) -> None:
+        nonlocal attention
+        gemms.extend(transformer_gemms(s.batch * seq, d, m.intermediate_size, m.num_layers, passes))
+        attention += passes * attention_flops(s.batch, seq, d, m.num_layers)
+
+    if name in ("mlm", "hybrid"):
+        encoder(s.seq_len, 3)
+        gemms += [Gemm(s.mlm_positions, d, d, 3), Gemm(s.mlm_positions, d, m.vocab_size, 3)]
+    if name in ("jepa", "hybrid"):
+        if name == "jepa" or cfg.objective.passes == 2:
+            encoder(s.ctx_len, 3)
+        w, blocks = m.predictor_width, cfg.masking.num_pred_masks
+        rows, row_len, queries = blocks * s.batch, s.ctx_len + s.tgt_len, blocks * s.batch * s.tgt_len
+        gemms.append(Gemm(s.batch * s.ctx_len, d, w, 3))  # context latents -> predictor width
+        # Only the target queries' outputs leave the predictor's last block.
+        gemms += transformer_gemms(rows * row_len, w, 4 * w, m.predictor_depth, 3, fused_qkv=True,
+                                   last_layer_outputs=queries)
+        attention += 3 * attention_flops(rows, row_len, w, m.predictor_depth, last_layer_queries=s.tgt_len)
+        gemms.append(Gemm(queries, w, d, 3))  # predictions -> encoder width
+        encoder(s.seq_len, 1)  # the EMA target, forward only
+    return [g for g in gemms if g.m > 0], attention
 
 
 def train_flops_per_step(cfg: Config, shape: StepShape | None = None) -> float:
     """Model FLOPs of one training step on one worker (forward + backward, EMA target forward)."""
-    s = shape or expected_shape(cfg)
-    m: ModelConfig = cfg.model
-    name, d = cfg.objective.name, m.hidden_size
-
-    def encoder(seq: float) -> float:
-        return transformer_forward_flops(s.batch, seq, d, m.intermediate_size, m.num_layers)
-
-    trained = 0.0  # forward FLOPs of the parts that get gradients
-    frozen = 0.0  # forward-only FLOPs (EMA target)
-    if name in ("mlm", "hybrid"):
-        trained += encoder(s.seq_len) + 2 * s.mlm_positions * (d * d + d * m.vocab_size)
-    if name in ("jepa", "hybrid"):
-        if name == "jepa" or cfg.objective.passes == 2:
-            trained += encoder(s.ctx_len)
-        w, blocks = m.predictor_width, cfg.masking.num_pred_masks
-        trained += 2 * s.batch * s.ctx_len * d * w  # context latents -> predictor width
-        trained += transformer_forward_flops(blocks * s.batch, s.ctx_len + s.tgt_len, w, 4 * w, m.predictor_depth)
-        trained += 2 * blocks * s.batch * s.tgt_len * w * d  # predictions -> encoder width
-        frozen += encoder(s.seq_len)
-    return 3 * trained + frozen
+    gemms, attention = step_matmuls(cfg, shape)
+    return sum(g.flops for g in gemms) + attention
 
 
 # FlopCounterMode has no formula for the CPU flash-attention kernels SDPA dispatches to here;
