@@ -20,7 +20,7 @@ def lane_dropout(x: Tensor, p: float) -> Tensor:
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
     if p >= 1:
-        return torch.zeros_like(x)
+        return x * 0.0
     threshold = -(2**15) + round(p * 2**16)  # int16 lanes below it are dropped
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
     keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= threshold
