@@ -156,7 +156,7 @@ def glibc_default_malloc():
 
 @contextlib.contextmanager
 def torch_cross_entropy():
-    """objectives.mlm with nn.Linear + F.cross_entropy instead of its fused decoder cross-entropy (mlm-before)."""
+    """objectives.mlm with nn.Linear + F.cross_entropy instead of its fused decoder cross-entropy."""
     def linear_then_cross_entropy(x, decoder, labels, count_hits=False):
         return torch.nn.functional.cross_entropy(decoder(x), labels), torch.zeros((), dtype=torch.long)
 
@@ -254,10 +254,10 @@ def main() -> None:
     print("| variant | median step s | best step s | tokens/s (median) | GFLOP/step | MFU | "
           "MFU vs best single matmul | step vs mlm | FLOPs vs mlm |")
     print("|---|---|---|---|---|---|---|---|---|")
+    typical = {shape: statistics.median(rates) for shape, rates in sustained.items()}
     for name, runner in runners.items():
         median = statistics.median(t for round_steps in steps[name] for t in round_steps)
         best = min(t for round_steps in steps[name] for t in round_steps)
-        typical = {shape: statistics.median(rates) for shape, rates in sustained.items()}
         mfu = runner.flops() / median / gemm_rate(runner.gemms(), typical)
         mfu_strict = runner.flops() / median / gemm_rate(runner.gemms(), best_single)
         # Paired within each round (both ran minutes apart at most), then the median over rounds.
@@ -266,6 +266,7 @@ def main() -> None:
         flops_vs = runner.flops() / runners["mlm"].flops() if "mlm" in runners else 0
         print(f"| {name} | {median:.3f} | {best:.3f} | {tokens / median:.0f} | {runner.flops() / 1e9:.1f} | "
               f"{mfu:.2f} | {mfu_strict:.2f} | {vs_mlm:.2f} | {flops_vs:.2f} |")
+
 
 if __name__ == "__main__":
     main()
