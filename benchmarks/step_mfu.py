@@ -44,7 +44,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 import objectives.mlm as mlm_module
 from harness.config import Config, load_config, resolve_location
-from harness.perf import retain_freed_memory
+from harness.perf import retain_freed_memory, time_matmuls
 from harness.prepare import load_tokenizer, pack_documents
 from harness.pretrain import build_optimizer, train_step
 from models import momentum_at
@@ -128,7 +128,7 @@ class Runner:
             if "retained_memory" in self.without:
                 stack.enter_context(glibc_default_malloc())
             if "fused_loss" in self.without:
-                stack.enter_context(torch_cross_entropy())
+                stack.enter_context(unfused_loss())
             train_step(self.model, self.model, self.optimizer, batch, o.grad_clip, momentum, diagnostics=False)
 
     def shape(self) -> StepShape:
@@ -155,7 +155,7 @@ def glibc_default_malloc():
 
 
 @contextlib.contextmanager
-def torch_cross_entropy():
+def unfused_loss():
     """objectives.mlm with nn.Linear + F.cross_entropy instead of its fused decoder cross-entropy."""
     def linear_then_cross_entropy(x, decoder, labels, count_hits=False):
         return torch.nn.functional.cross_entropy(decoder(x), labels), torch.zeros((), dtype=torch.long)
@@ -177,16 +177,10 @@ def restore_torch_dropout(model: torch.nn.Module) -> None:
 
 
 def matmul_rates(m: int, k: int, n: int, seconds: float) -> tuple[float, float]:
-    """(sustained, best) FLOP/s of back-to-back (m x k) @ (k x n) matmuls into one output for >= `seconds`:
-    the whole block's rate, comparable with a step's, and the best single matmul's (what
-    harness.perf.measure_matmul_flops reports as the CPU peak)."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    c = a @ b
-    times: list[float] = []
-    while sum(times) < seconds or len(times) < 3:
-        start = time.perf_counter()
-        torch.matmul(a, b, out=c)
-        times.append(time.perf_counter() - start)
+    """(sustained, best) FLOP/s of back-to-back (m x k) @ (k x n) matmuls for >= `seconds`: the whole block's
+    rate, comparable with a step's, and the best single matmul's (what harness.perf.measure_matmul_flops
+    reports as the CPU peak)."""
+    times = time_matmuls(m, k, n, torch.device("cpu"), min_seconds=seconds, min_repeats=3)
     return 2 * m * k * n * len(times) / sum(times), 2 * m * k * n / min(times)
 
 

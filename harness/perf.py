@@ -12,24 +12,29 @@ import torch
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 70e12}
 
 
-def measure_matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype = torch.float32,
-                         min_seconds: float = 1.0, min_repeats: int = 10) -> float:
-    """Best FLOP/s of an (m x k) @ (k x n) matmul repeated for >= min_seconds: the practical peak at a
-    model's own GEMM shape. The best, not the median: a busy neighbour can only make a run slower."""
+def time_matmuls(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                 min_seconds: float = 1.0, min_repeats: int = 10) -> list[float]:
+    """Seconds of each of back-to-back (m x k) @ (k x n) matmuls, repeated for >= min_seconds and min_repeats."""
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     c = a @ b  # warm up (thread pools, kernels); then into the same output: the GEMM, not the allocator
-    best, spent, repeats = 0.0, 0.0, 0
-    while spent < min_seconds or repeats < min_repeats:
+    times: list[float] = []
+    while sum(times) < min_seconds or len(times) < min_repeats:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         torch.matmul(a, b, out=c)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        best, spent, repeats = max(best, 2 * m * k * n / elapsed), spent + elapsed, repeats + 1
-    return best
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_matmul_flops(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                         min_seconds: float = 1.0, min_repeats: int = 10) -> float:
+    """Best FLOP/s of an (m x k) @ (k x n) matmul repeated for >= min_seconds: the practical peak at a
+    model's own GEMM shape. The best, not the median: a busy neighbour can only make a run slower."""
+    return 2 * m * k * n / min(time_matmuls(m, k, n, device, dtype, min_seconds, min_repeats))
 
 
 def peak_flops(configured: float | None, device: torch.device,
