@@ -12,6 +12,8 @@ Variants (same encoder size, batch and real Wikipedia batch, AdamW, fp32):
                               glibc malloc's defaults
   mlm-torch-attention         mlm with torch's SDPA instead of models.attention (only that change undone)
   mlm-unfused-loss            mlm with nn.Linear + F.cross_entropy instead of the fused decoder cross-entropy
+  mlm-bool-mask               mlm with session 2's dropout mask (16-bit lanes of full-range random words, a bool
+                              compare, then `where`) instead of models.dropout.scaled_mask's float-only one
   mlm-glibc-default           mlm with glibc malloc's defaults (the others run with
                               harness.perf.retain_freed_memory, as the training workers do)
   mlm-attn0                   mlm without dropout on attention probabilities (CPU SDPA's flash kernel)
@@ -42,6 +44,7 @@ import pyarrow.parquet as pq
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
+import models.dropout as dropout_module
 import objectives.mlm as mlm_module
 from harness.config import Config, load_config, resolve_location
 from harness.perf import retain_freed_memory, time_matmuls
@@ -56,11 +59,13 @@ from objectives.masking import SpecialTokens, mask_batch
 MLM = ["objective.name=mlm"]
 VARIANTS = {"mlm": MLM, "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
             "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"], "hf-mlm": MLM,
-            "mlm-before": MLM, "mlm-torch-attention": MLM, "mlm-unfused-loss": MLM, "mlm-glibc-default": MLM,
+            "mlm-before": MLM, "mlm-torch-attention": MLM, "mlm-unfused-loss": MLM, "mlm-bool-mask": MLM,
+            "mlm-glibc-default": MLM,
             "mlm-attn0": [*MLM, "model.attention_dropout=0.0"]}
 # The issue-6 CPU changes each variant runs without.
 WITHOUT = {"mlm-before": {"lane_dropout", "lane_attention", "fused_loss", "retained_memory", "fused_adamw"},
            "mlm-torch-attention": {"lane_attention"}, "mlm-unfused-loss": {"fused_loss"},
+           "mlm-bool-mask": {"float_mask"},
            "mlm-glibc-default": {"retained_memory"}}
 
 
@@ -129,6 +134,8 @@ class Runner:
                 stack.enter_context(glibc_default_malloc())
             if "fused_loss" in self.without:
                 stack.enter_context(unfused_loss())
+            if "float_mask" in self.without:
+                stack.enter_context(bool_mask())
             train_step(self.model, self.model, self.optimizer, batch, o.grad_clip, momentum, diagnostics=False)
 
     def shape(self) -> StepShape:
@@ -166,6 +173,24 @@ def unfused_loss():
         yield
     finally:
         mlm_module.decoder_cross_entropy = saved
+
+
+@contextlib.contextmanager
+def bool_mask():
+    """models.dropout with session 2's mask: 16-bit lanes of full-range random words, compared into a bool
+    tensor, then `where` (both several times slower here than a float pass)."""
+    def where_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
+        threshold = -(2**15) + round(p * 2**16)
+        words = torch.empty((shape.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        keep = words.view(torch.int16)[: shape.numel()].view(shape) >= threshold
+        return torch.where(keep, 1.0 / (1.0 - p), 0.0).to(dtype)
+
+    saved = dropout_module.scaled_mask
+    dropout_module.scaled_mask = where_mask
+    try:
+        yield
+    finally:
+        dropout_module.scaled_mask = saved
 
 
 def restore_torch_dropout(model: torch.nn.Module) -> None:

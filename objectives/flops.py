@@ -2,8 +2,9 @@
 
 Counts matmul FLOPs only (2 per multiply-add), as torch.utils.flop_counter does: linear layers,
 attention scores and values, the MLM head on masked positions only. A trained part costs 3x its
-forward (forward + backward for inputs and weights); the EMA target runs forward only. The same GEMM list
-gives the shapes at which benchmarks measure the matmul rate MFU is compared with.
+forward (forward + backward for inputs and weights); the EMA target runs forward only (its last layer at the
+target positions only). The same GEMM list gives the shapes at which benchmarks measure the matmul rate MFU
+is compared with.
 """
 
 from __future__ import annotations
@@ -101,10 +102,12 @@ def step_matmuls(cfg: Config, shape: StepShape | None = None) -> tuple[list[Gemm
     gemms: list[Gemm] = []
     attention = 0.0
 
-    def encoder(seq: float, passes: int) -> None:
+    def encoder(seq: float, passes: int, outputs_per_row: float | None = None) -> None:
         nonlocal attention
-        gemms.extend(transformer_gemms(s.batch * seq, d, m.intermediate_size, m.num_layers, passes))
-        attention += passes * attention_flops(s.batch, seq, d, m.num_layers)
+        kept = None if outputs_per_row is None else s.batch * outputs_per_row
+        gemms.extend(transformer_gemms(s.batch * seq, d, m.intermediate_size, m.num_layers, passes,
+                                       last_layer_outputs=kept))
+        attention += passes * attention_flops(s.batch, seq, d, m.num_layers, last_layer_queries=outputs_per_row)
 
     if name in ("mlm", "hybrid"):
         encoder(s.seq_len, 3)
@@ -120,7 +123,7 @@ def step_matmuls(cfg: Config, shape: StepShape | None = None) -> tuple[list[Gemm
                                    last_layer_outputs=queries)
         attention += 3 * attention_flops(rows, row_len, w, m.predictor_depth, last_layer_queries=s.tgt_len)
         gemms.append(Gemm(queries, w, d, 3))  # predictions -> encoder width
-        encoder(s.seq_len, 1)  # the EMA target, forward only
+        encoder(s.seq_len, 1, outputs_per_row=blocks * s.tgt_len)  # the EMA target, forward only
     return [g for g in gemms if g.m > 0], attention
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models import encode
+from models import encode, encode_at
 from objectives.masking import MaskedBatch
 
 if TYPE_CHECKING:
@@ -39,10 +39,13 @@ def gather_positions(x: Tensor, idx: Tensor) -> Tensor:
 
 @torch.no_grad()
 def forward_target(module: PretrainModule, batch: MaskedBatch) -> Tensor:
-    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine."""
-    hidden = encode(module.nets.target, batch.input_ids, batch.attention_mask)
+    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine. Its last
+    layer runs at the target positions only (they are all the loss reads)."""
+    blocks, rows, length = batch.tgt_idx.shape
+    positions = batch.tgt_idx.transpose(0, 1).reshape(rows, blocks * length)
+    hidden = encode_at(module.nets.target, batch.input_ids, batch.attention_mask, positions)
     hidden = F.layer_norm(hidden, hidden.shape[-1:])
-    return gather_positions(hidden, batch.tgt_idx)
+    return hidden.view(rows, blocks, length, -1).transpose(0, 1)
 
 
 def forward_context(module: PretrainModule, batch: MaskedBatch) -> Tensor:

@@ -31,7 +31,7 @@ def test_drop_rate_and_scale_match_inverted_dropout(p: float) -> None:
 def test_masks_are_uniform_across_lanes_and_positions() -> None:
     torch.manual_seed(1)
     out = LaneDropout(0.5).train()(torch.ones(4096, 64))
-    lanes = (out == 0).float().view(-1, 4).mean(0)  # the four 16-bit lanes of each random word
+    lanes = (out == 0).float().view(-1, 4).mean(0)  # the four 15-bit lanes of each random word
     assert torch.allclose(lanes, torch.full((4,), 0.5), atol=0.01)
     per_column = (out == 0).float().mean(0)
     assert per_column.min() > 0.42 and per_column.max() < 0.58

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from harness.config import Config, load_config
-from models import encode, export_encoder, load_exported, momentum_at
+from models import encode, encode_at, export_encoder, load_exported, momentum_at
 from objectives import OBJECTIVES, PretrainModule, get_objective, mask_plan
 from objectives.flops import measured_flops, shape_of, train_flops_per_step
-from objectives.jepa import forward_target
+from objectives.jepa import forward_target, gather_positions
 from objectives.masking import MaskedBatch, SpecialTokens, mask_batch
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
@@ -108,10 +108,42 @@ def test_gradients_reach_trained_parts_never_the_target(name: str, passes: int, 
         assert metrics["ctx_tgt_overlap"] == 0 and metrics["pred_erank"] > 1
 
 
-def test_target_is_layer_normed_without_affine(packed_ids, tokenizer) -> None:
+@pytest.mark.parametrize("padding", [False, True])
+def test_encode_at_equals_the_full_pass_gathered(padded_sentences, padding: bool) -> None:
+    """The last layer computed at chosen positions only (a position may repeat) == the full pass gathered there,
+    in value and in every parameter's gradient."""
+    ids, attn = padded_sentences
+    if not padding:
+        ids, attn = ids[:, :6], torch.ones_like(ids[:, :6])  # every sentence has >= 6 real tokens
+    torch.manual_seed(0)
+    encoder = PretrainModule(tiny()).nets.encoder.train()
+    positions = torch.stack([torch.randperm(int(n))[:4] for n in attn.sum(1)])
+    positions[:, -1] = positions[:, 0]
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor]:
+        encoder.zero_grad()
+        out.square().sum().backward()
+        return [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+
+    full = encode(encoder, ids, attn)
+    gathered = full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1]))
+    at = encode_at(encoder, ids, attn, positions)
+    torch.testing.assert_close(at, gathered, atol=1e-5, rtol=1e-5)
+    expected, got = grads(gathered), grads(at)
+    assert len(got) == len(expected) > 0
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
+
+
+def test_target_is_the_ema_encoder_layer_normed_without_affine(packed_ids, tokenizer) -> None:
     cfg = tiny("jepa")
     module = PretrainModule(cfg)
-    target = forward_target(module, masked(cfg, packed_ids(4, 64), tokenizer))
+    batch = masked(cfg, packed_ids(4, 64), tokenizer)
+    target = forward_target(module, batch)
+    with torch.no_grad():
+        hidden = encode(module.nets.target, batch.input_ids, batch.attention_mask)
+    full = gather_positions(torch.nn.functional.layer_norm(hidden, hidden.shape[-1:]), batch.tgt_idx)
+    torch.testing.assert_close(target, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(target.mean(-1), torch.zeros(target.shape[:-1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(target.var(-1, unbiased=False), torch.ones(target.shape[:-1]), atol=1e-3, rtol=0)
 
