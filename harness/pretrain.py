@@ -258,7 +258,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         val_batches = held_out_batches(ray.train.get_dataset_shard("val"), cfg, specials)
     tokens_per_step = o.batch_size * cfg.data.seq_len
     flops_per_step = train_flops_per_step(cfg)
-    peak, peak_source = peak_flops(cfg.train.peak_flops, device, ffn_gemm_shape(cfg))
+    # On CPU the peak is measured at the first report, not here: while Ray starts the run the cores are busy
+    # for seconds, and a peak measured then read ~half (logged MFU > 1).
+    peak: tuple[float, str] | None = None  # (FLOP/s, where it came from)
     meter = Meter(device)
     fault_marker = Path(loop["fault_marker"]) if loop.get("fault_marker") else None
     quick_tasks = loop.get("quick_probe") if rank == 0 else None
@@ -310,12 +312,14 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             elapsed = time.perf_counter() - interval_start
             train_time += elapsed
             step_time = elapsed / max(interval_steps, 1)
+            if peak is None:
+                peak = peak_flops(cfg.train.peak_flops, device, ffn_gemm_shape(cfg))
             report.update({
                 "step": progress.step, "epoch": progress.epoch, "train/lr": scheduler.get_last_lr()[0],
                 "train/ema_momentum": momentum,
                 "perf/tokens_per_s": world * tokens_per_step / step_time,
                 "perf/model_flops_per_s": flops_per_step / step_time,  # per worker
-                "perf/mfu": flops_per_step / step_time / peak,
+                "perf/mfu": flops_per_step / step_time / peak[0],
                 "perf/data_wait": data_time / max(elapsed, 1e-9),
                 "perf/step_time_s": step_time,
                 "perf/train_time_s": train_time,  # steps and data waits of this run so far (no eval, no I/O)
@@ -339,7 +343,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             if rank == 0 and log_now:
                 print(f"step {progress.step}/{o.max_steps} loss {report.get('train/loss', float('nan')):.4f} "
                       f"λ {report.get('train/lambda', float('nan')):.3f} {report['perf/tokens_per_s']:.0f} tok/s "
-                      f"mfu {report['perf/mfu']:.2f} ({peak_source}) data_wait {report['perf/data_wait']:.3f}")
+                      f"mfu {report['perf/mfu']:.2f} ({peak[1]}) data_wait {report['perf/data_wait']:.3f}")
             interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
         if progress.step >= o.max_steps:
             break
