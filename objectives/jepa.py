@@ -28,24 +28,31 @@ DISTANCES: dict[str, Distance] = {
 }
 
 
+def row_positions(idx: Tensor) -> Tensor:
+    """idx (..., B, K) -> (B, n*K): each row's positions, its n index blocks side by side."""
+    batch, k = idx.shape[-2:]
+    return idx.reshape(-1, batch, k).transpose(0, 1).reshape(batch, -1)
+
+
+def split_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x (B, n*K, D), laid out as row_positions(idx) -> (..., B, K, D), shaped as idx."""
+    batch, k = idx.shape[-2:]
+    return x.view(batch, -1, k, x.shape[-1]).transpose(0, 1).reshape(*idx.shape, x.shape[-1])
+
+
 def gather_positions(x: Tensor, idx: Tensor) -> Tensor:
     """x (B, L, D), idx (..., B, K) -> (..., B, K, D)."""
-    lead = idx.shape[:-2]
-    batch, k = idx.shape[-2:]
-    flat = idx.reshape(-1, batch, k).transpose(0, 1).reshape(batch, -1)  # (B, n*K)
-    out = x.gather(1, flat[..., None].expand(-1, -1, x.shape[-1]))
-    return out.view(batch, -1, k, x.shape[-1]).transpose(0, 1).reshape(*lead, batch, k, x.shape[-1])
+    flat = row_positions(idx)
+    return split_rows(x.gather(1, flat[..., None].expand(-1, -1, x.shape[-1])), idx)
 
 
 @torch.no_grad()
 def forward_target(module: PretrainModule, batch: MaskedBatch) -> Tensor:
     """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine. Its last
     layer runs at the target positions only (they are all the loss reads)."""
-    blocks, rows, length = batch.tgt_idx.shape
-    positions = batch.tgt_idx.transpose(0, 1).reshape(rows, blocks * length)
+    positions = row_positions(batch.tgt_idx)
     hidden = encode_at(module.nets.target, batch.input_ids, batch.attention_mask, positions)
-    hidden = F.layer_norm(hidden, hidden.shape[-1:])
-    return hidden.view(rows, blocks, length, -1).transpose(0, 1)
+    return split_rows(F.layer_norm(hidden, hidden.shape[-1:]), batch.tgt_idx)
 
 
 def forward_context(module: PretrainModule, batch: MaskedBatch) -> Tensor:
