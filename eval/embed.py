@@ -8,6 +8,8 @@ given a directory, on disk, keyed by encoder + task + split + max length (+ a ha
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+logger = logging.getLogger(__name__)
 
 
 def load_encoder(
@@ -89,6 +93,21 @@ class TokenStates:
         return torch.from_numpy(h), torch.from_numpy(mask)
 
 
+def padded_batches(
+    ids: list[list[int]], batch_size: int, pad_id: int = 0
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Batches of token id lists in length order (little padding work): (the batch's indices into ids,
+    right-padded (batch, longest) input ids, their bool attention mask)."""
+    lengths = np.array([len(x) for x in ids])
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(ids), batch_size):
+        idx = order[start : start + batch_size]
+        mask = torch.from_numpy(np.arange(lengths[idx].max())[None, :] < lengths[idx][:, None])
+        input_ids = torch.full(mask.shape, pad_id, dtype=torch.long)
+        input_ids[mask] = torch.cat([torch.tensor(ids[i], dtype=torch.long) for i in idx])
+        yield idx, input_ids, mask
+
+
 @torch.no_grad()
 def encode(
     model: PreTrainedModel,
@@ -96,24 +115,18 @@ def encode(
     texts: list[str],
     max_len: int = 128,
     batch_size: int = 64,
-    log: bool = True,
 ) -> TokenStates:
     """Run the frozen encoder over texts in length-sorted batches with attention masks."""
     ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
-    lengths = np.array([len(x) for x in ids])
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
     states = np.empty((offsets[-1], model.config.hidden_size), dtype=np.float32)
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding work
-    for b, start in enumerate(range(0, len(texts), batch_size)):
-        idx = order[start : start + batch_size]
-        mask = torch.from_numpy(np.arange(lengths[idx].max())[None, :] < lengths[idx][:, None])
-        input_ids = torch.full(mask.shape, tokenizer.pad_token_id or 0, dtype=torch.long)
-        input_ids[mask] = torch.cat([torch.tensor(ids[i]) for i in idx])
+    batches = padded_batches(ids, batch_size, tokenizer.pad_token_id or 0)
+    for b, (idx, input_ids, mask) in enumerate(batches):
         out = model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
         for row, i in enumerate(idx):
             states[offsets[i] : offsets[i + 1]] = out[row][mask[row]].float().numpy()
-        if log and (b + 1) % 50 == 0:
-            print(f"    encoded {min(start + batch_size, len(texts))}/{len(texts)} texts", flush=True)
+        if (b + 1) % 50 == 0:
+            logger.info("encoded %d/%d texts", min((b + 1) * batch_size, len(texts)), len(texts))
     return TokenStates(states, np.concatenate([np.asarray(x, dtype=np.int64) for x in ids]), offsets)
 
 
@@ -143,9 +156,9 @@ class StateCache:
         if file is not None and file.is_file():
             with np.load(file) as z:
                 states = TokenStates(z["states"], z["input_ids"], z["offsets"])
-            print(f"  {task}/{split}: {len(texts)} texts from cache {file}", flush=True)
+            logger.info("%s/%s: %d texts from cache %s", task, split, len(texts), file)
         else:
-            print(f"  {task}/{split}: encoding {len(texts)} texts", flush=True)
+            logger.info("%s/%s: encoding %d texts", task, split, len(texts))
             states = encode(self.model, self.tokenizer, texts, self.max_len, self.batch_size)
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)

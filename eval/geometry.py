@@ -10,7 +10,7 @@ Definitions (x_hat = x / ||x||):
   "centred" subtracts the cloud mean (of the full sample) before normalising.
 - alignment: mean ||x_hat - y_hat||^2 (alpha = 2) over positive pairs (x, y).
 - spectrum: eigenvalues of the covariance of x (centred); RankMe uses singular values of raw x.
-- effective rank (RankMe, Garrido et al. 2023): exp(entropy of singular values / their sum).
+- effective rank (RankMe, Garrido et al. 2023): exp(entropy of singular values / their sum), common.spectra.rankme.
 - spectral entropy: entropy of covariance eigenvalues / their sum, divided by log d (0..1).
 - stable rank: sum of covariance eigenvalues / the largest one.
 - alpha-ReQ (Agrawal et al. 2022): least-squares slope alpha of log lambda_i = c - alpha log i,
@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import RidgeClassifier
 from sklearn.preprocessing import StandardScaler
+
+from common.spectra import rankme
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -102,10 +104,6 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(-1)
 
 
-def rankme(singular_values: np.ndarray) -> np.ndarray:
-    return np.exp(_entropy(singular_values))
-
-
 def spectral_entropy(eigs: np.ndarray) -> np.ndarray:
     return _entropy(eigs) / np.log(eigs.shape[-1])
 
@@ -141,7 +139,7 @@ def spectral_metrics(x: np.ndarray, w: np.ndarray | None = None) -> dict[str, np
     fits = np.array([alpha_req(e) for e in np.atleast_2d(eigs)])
     batched = eigs.ndim == 2
     return {
-        "effective_rank": rankme(singular),
+        "effective_rank": rankme(torch.from_numpy(singular)).numpy()[()],  # float64 in and out
         "spectral_entropy": spectral_entropy(eigs),
         "stable_rank": stable_rank(eigs),
         "alpha_req": fits[:, 0] if batched else fits[0, 0],

@@ -10,27 +10,25 @@ are shuffled by a seeded generator: a run is a deterministic function of its inp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from eval.config import ProbeConfig
 from eval.embed import TokenStates
 from eval.pooling import AttentionPooler, pool_texts
 from eval.scores import SCORES
 from eval.tasks import TaskSpec
 
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
-@dataclass(frozen=True)
-class ProbeConfig:
-    weight_decays: tuple[float, ...] = (10.0, 1.0, 0.1, 0.01, 0.001)  # strongest first: ties keep it
-    max_epochs: int = 40
-    patience: int = 5  # stop a candidate after this many epochs without a better held-out score
-    batch_size: int = 128
-    lr: float = 1e-3
-    pooler_lr: float = 3e-2  # the attention query must grow to O(sqrt(d)) to focus: a larger step
-    val_fraction: float = 0.2
-    seed: int = 0
+
+def pair_features(u: Array, v: Array) -> Array:
+    """The features of a sentence pair, [u, v, |u - v|, u * v] (numpy arrays or tensors, last axis)."""
+    parts = [u, v, abs(u - v), u * v]
+    return torch.cat(parts, dim=-1) if isinstance(u, torch.Tensor) else np.concatenate(parts, axis=-1)
 
 
 @dataclass
@@ -51,7 +49,6 @@ class ProbeResult:
     dev_pred: np.ndarray
     weight_decay: float
     epochs: int
-    val_score: float  # held-out train score of the chosen setting
     pooler: AttentionPooler | None  # the trained pooler for "attention", else None
 
 
@@ -87,7 +84,7 @@ class ProbeModel(nn.Module):
         if b is None:
             return u
         v = self.pooler(*b) if self.pooler is not None else b
-        return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+        return pair_features(u, v)
 
     def forward(self, a, b) -> torch.Tensor:
         return self.head((self.features(a, b) - self.shift) / self.scale)
@@ -105,10 +102,9 @@ def fit_probe(spec: TaskSpec, pooling: str, train: Split, dev: Split, cfg: Probe
         epoch = int(np.argmax(history))
         if history[epoch] > best[0]:
             best = (history[epoch], wd, epoch + 1)
-    val_score, wd, epochs = best
+    _, wd, epochs = best
     model, _ = _train(spec, pooling, inputs, np.arange(len(train)), wd, epochs, cfg)
-    return ProbeResult(_predict(model, _Inputs(dev, pooling), np.arange(len(dev))), wd, epochs, val_score,
-                       model.pooler)
+    return ProbeResult(_predict(model, _Inputs(dev, pooling), np.arange(len(dev))), wd, epochs, model.pooler)
 
 
 def _train(

@@ -1,9 +1,10 @@
 """The quick probe: a cheap score of an encoder *during* pre-training, comparable across objectives and λ.
 
-Mean-pooled sentence vectors of seeded subsets of a few GLUE tasks (default SST-2 and STS-B), features
-standardised on train, a closed-form ridge fit with a fixed penalty, scored on the dev subset by the
-task's main metric (SST-2 accuracy, STS-B Spearman). The score is the mean over tasks. It depends on the
-encoder only, never on λ or the loss, so ASHA can rank trials of different λ and objectives by it.
+Mean-pooled sentence vectors (eval.pooling.mean) of seeded subsets of a few GLUE tasks (default SST-2 and
+STS-B; pairs get the probes' features [u, v, |u - v|, u * v]), features standardised on train, a closed-form
+ridge fit with a fixed penalty, scored on the dev subset by the task's main metric (SST-2 accuracy, STS-B
+Spearman). The score is the mean over tasks. It depends on the encoder only, never on λ or the loss, so ASHA
+can rank trials of different λ and objectives by it.
 
 `build_quick_probe` runs once per study on the driver (tokenised ids, small and picklable);
 `quick_probe` runs on rank 0 inside the training loop, with the live encoder, in eval mode.
@@ -17,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.embed import padded_batches
+from eval.pooling import mean
+from eval.probes import pair_features
 from eval.scores import SCORES
-from eval.tasks import load_task
+from eval.tasks import load_task, subsample
 
 RIDGE = 1.0  # penalty on standardised features, relative to the number of train examples
 
@@ -42,8 +46,7 @@ def build_quick_probe(tasks: tuple[str, ...], glue_dir: Path | None, tokenizer, 
         spec = data.spec
         splits = {}
         for split, df, n in (("train", data.train, n_train), ("dev", data.dev, n_dev)):
-            if n < len(df):
-                df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))]
+            df = subsample(df, n, seed)
             ids = {"a": tokenizer(df["text_a"].tolist(), truncation=True, max_length=max_len)["input_ids"]}
             if spec.is_pair:
                 ids["b"] = tokenizer(df["text_b"].tolist(), truncation=True, max_length=max_len)["input_ids"]
@@ -57,29 +60,17 @@ def build_quick_probe(tasks: tuple[str, ...], glue_dir: Path | None, tokenizer, 
 def mean_pooled(encoder: torch.nn.Module, sentences: list[list[int]], device: torch.device,
                 batch_size: int = 128) -> np.ndarray:
     """Mean over the real tokens of the last hidden states; batches of similar length, original order back."""
-    order = np.argsort([len(s) for s in sentences], kind="stable")
     vectors = np.empty((len(sentences), encoder.config.hidden_size), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(sentences[i]) for i in idx)
-        ids = torch.zeros(len(idx), width, dtype=torch.long)
-        mask = torch.zeros(len(idx), width, dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :len(sentences[i])] = torch.tensor(sentences[i])
-            mask[row, :len(sentences[i])] = 1
+    for idx, ids, mask in padded_batches(sentences, batch_size):
         ids, mask = ids.to(device), mask.to(device)
-        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        vectors[idx] = pooled.cpu().numpy()
+        hidden = encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
+        vectors[idx] = mean(hidden, mask).cpu().numpy()
     return vectors
 
 
-def _features(task: QuickTask, split: dict[str, list], encoder, device) -> np.ndarray:
+def _features(split: dict[str, list], encoder: torch.nn.Module, device: torch.device) -> np.ndarray:
     u = mean_pooled(encoder, split["a"], device)
-    if "b" not in split:
-        return u
-    v = mean_pooled(encoder, split["b"], device)
-    return np.concatenate([np.abs(u - v), u * v], axis=1)
+    return u if "b" not in split else pair_features(u, mean_pooled(encoder, split["b"], device))
 
 
 def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -88,10 +79,10 @@ def _ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def score_task(task: QuickTask, encoder: torch.nn.Module, device: torch.device) -> float:
-    x_train = _features(task, task.train, encoder, device).astype(np.float64)
-    x_dev = _features(task, task.dev, encoder, device).astype(np.float64)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    x_train, x_dev = (x_train - mean) / std, (x_dev - mean) / std
+    x_train = _features(task.train, encoder, device).astype(np.float64)
+    x_dev = _features(task.dev, encoder, device).astype(np.float64)
+    shift, scale = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_dev = (x_train - shift) / scale, (x_dev - shift) / scale
     y_train, y_dev = np.asarray(task.train["y"]), np.asarray(task.dev["y"])
     if task.regression:
         w = _ridge(x_train, y_train - y_train.mean())

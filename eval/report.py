@@ -1,4 +1,4 @@
-"""Writing and reading an evaluation folder: tables (CSV + parquet), plots, MLflow artifacts.
+"""Writing and reading an evaluation folder: tables (CSV + parquet) and plots.
 
 An `eval.run` folder holds results.{csv,parquet} (the tidy table), replicates.parquet (bootstrap
 replicates, for paired comparisons), spectra.parquet (eigen-spectra, for plots) and plots/.
@@ -6,12 +6,14 @@ replicates, for paired comparisons), spectra.parquet (eigen-spectra, for plots) 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from eval.plots import plot_all
-from harness import tracking
+
+logger = logging.getLogger(__name__)
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, name: str) -> None:
@@ -25,8 +27,7 @@ def write_run(results: pd.DataFrame, replicates: pd.DataFrame, spectra: pd.DataF
     replicates.to_parquet(out_dir / "replicates.parquet", index=False)
     spectra.to_parquet(out_dir / "spectra.parquet", index=False)
     plot_all(results, spectra, out_dir / "plots")
-    tracking.log_artifact(out_dir, artifact_path="eval")
-    print(f"[eval] wrote {out_dir}/results.csv, results.parquet, replicates.parquet, plots/", flush=True)
+    logger.info("wrote %s/results.csv, results.parquet, replicates.parquet, spectra.parquet, plots/", out_dir)
 
 
 def is_run(path: Path) -> bool:

@@ -7,38 +7,54 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
+from eval.config import GLUE_DIR, SUITE_DEFAULTS, SuiteConfig
 from eval.pooling import POOLINGS
 from eval.report import write_run
-from eval.suite import SuiteConfig, preflight, run_suite
+from eval.suite import preflight, run_suite
 from eval.tasks import TASKS
 
-DEFAULT_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+DEFAULT_GLUE = Path(os.path.normpath(Path(__file__).resolve().parents[1] / GLUE_DIR))
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+logger = logging.getLogger(__name__)
 
 
 def add_suite_args(parser: argparse.ArgumentParser) -> None:
-    """Options shared by eval.run and eval.compare (which may evaluate encoders itself)."""
+    """Options shared by eval.run and eval.compare (which may evaluate encoders itself); defaults: SuiteConfig's."""
+    d = SUITE_DEFAULTS
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder, when the encoder folder has none")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
-                        help=f"tasks to run (default: all): {' '.join(TASKS)}")
-    parser.add_argument("--pooling", nargs="+", default=list(POOLINGS), metavar="POOLING",
-                        help=f"poolings (default: all): {' '.join(POOLINGS)}")
+    parser.add_argument("--tasks", nargs="+", default=list(d.tasks), metavar="TASK",
+                        help=f"tasks to run, from {' '.join(TASKS)} (default: {' '.join(d.tasks)})")
+    parser.add_argument("--pooling", nargs="+", default=list(d.poolings), metavar="POOLING",
+                        help=f"poolings, from {' '.join(POOLINGS)} (default: {' '.join(d.poolings)})")
     parser.add_argument("--glue-dir", default=None,
                         help="local GLUE folder, or 'hub' for nyu-mll/glue (default: $GLUE_DIR, else "
                         f"{DEFAULT_GLUE} when it exists, else hub)")
-    parser.add_argument("--max-train", type=int, default=None, help="seeded train subsample per task")
-    parser.add_argument("--max-dev", type=int, default=None, help="seeded dev subsample (quick checks only)")
-    parser.add_argument("--max-len", type=int, default=128, help="max tokens per sentence (default 128)")
-    parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
-    parser.add_argument("--geometry-n", type=int, default=1000, help="dev sentences for geometry: min(n_dev, N)")
-    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples")
-    parser.add_argument("--n-boot-spectral", type=int, default=50, help="resamples for spectrum metrics")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-train", type=int, default=d.max_train,
+                        help=f"seeded train subsample per task (default: {_or_all(d.max_train)})")
+    parser.add_argument("--max-dev", type=int, default=d.max_dev,
+                        help=f"seeded dev subsample, for quick checks only (default: {_or_all(d.max_dev)})")
+    parser.add_argument("--max-len", type=int, default=d.max_len,
+                        help="max tokens per sentence (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="encoder batch size (default: %(default)s)")
+    parser.add_argument("--geometry-n", type=int, default=d.geometry_n,
+                        help="dev sentences for geometry: min(n_dev, N) (default: %(default)s)")
+    parser.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--n-boot-spectral", type=int, default=d.n_boot_spectral,
+                        help="resamples for spectrum metrics (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep token states on disk here (keyed by encoder, task, split, max length)")
+
+
+def _or_all(n: int | None) -> str:
+    return "all" if n is None else str(n)
 
 
 def config_from(args: argparse.Namespace) -> SuiteConfig:
@@ -67,16 +83,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/eval/NAME)")
     add_suite_args(parser)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     cfg, glue_dir = config_from(args), glue_dir_from(args.glue_dir)
     try:
         preflight(args.encoder, args.tokenizer, glue_dir, cfg)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     name = args.name or args.encoder.resolve().name
-    print(f"[eval] {' '.join(['python -m eval.run', *(argv if argv is not None else sys.argv[1:])])}", flush=True)
+    logger.info("%s", " ".join(["python -m eval.run", *(argv if argv is not None else sys.argv[1:])]))
     result = run_suite(args.encoder, args.tokenizer, glue_dir, cfg, name, args.group, args.cache_dir)
-    write_run(result.results, result.replicates, result.spectra, args.out or Path("outputs/eval") / name)
-    print("[eval] seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    out = args.out or Path("outputs/eval") / name
+    write_run(result.results, result.replicates, result.spectra, out)
+    print(f"{name}: {len(result.results)} values in {out}/results.csv; seconds per stage: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
 
 
 if __name__ == "__main__":

@@ -9,45 +9,28 @@ are kept so that `eval.compare` can run paired tests later.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from eval import geometry as geo
+from eval.config import SUITE_DEFAULTS, SuiteConfig
 from eval.embed import StateCache, check_encoder, encoder_key, load_encoder
-from eval.pooling import POOLINGS, check_poolings, pool_texts
-from eval.probes import ProbeConfig, ProbeResult, Split, fit_probe
+from eval.pooling import pool_texts
+from eval.probes import ProbeResult, Split, fit_probe, pair_features
 from eval.scores import SCORES
 from eval.stats import bootstrap_indices, counts, percentile_ci
-from eval.tasks import TASKS, TaskData, TaskSpec, check_glue_dir, get_spec, load_task
-from harness import tracking
+from eval.tasks import TaskData, TaskSpec, check_glue_dir, get_spec, load_task, subsample
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = [
     "encoder", "task", "pooling", "metric", "value", "ci_low", "ci_high", "n", "family", "group", "note",
 ]
-
-
-@dataclass(frozen=True)
-class SuiteConfig:
-    tasks: tuple[str, ...] = tuple(TASKS)
-    poolings: tuple[str, ...] = POOLINGS
-    max_len: int = 128
-    batch_size: int = 64
-    max_train: int | None = None  # seeded subsample of train; None = all
-    max_dev: int | None = None  # seeded subsample of dev (quick checks only); None = all
-    geometry_n: int = 1000  # dev sentences per task for geometry: min(n_dev, geometry_n)
-    n_boot: int = 200
-    n_boot_spectral: int = 50  # spectrum metrics need an eigendecomposition per resample
-    seed: int = 0  # seeds everything: subsamples, probe splits and shuffling, resamples
-    probe: ProbeConfig = field(default_factory=ProbeConfig)  # its own seed is replaced by `seed`
-
-    def validate(self) -> None:
-        for t in self.tasks:
-            get_spec(t)
-        check_poolings(list(self.poolings))
 
 
 @dataclass
@@ -62,23 +45,22 @@ def run_suite(
     encoder: str | Path,
     tokenizer: str | Path | None = None,
     glue_dir: Path | None = None,
-    cfg: SuiteConfig = SuiteConfig(),
+    cfg: SuiteConfig = SUITE_DEFAULTS,
     name: str | None = None,
     group: str | None = None,
     cache_dir: Path | None = None,
 ) -> SuiteResult:
-    """Evaluate one encoder; glue_dir=None reads the tasks from the Hugging Face hub."""
+    """Evaluate one encoder; glue_dir=None reads the tasks from the Hugging Face hub. Returns the tables and
+    logs nothing to a tracker: the caller records them (e.g. `result_metrics` of the results)."""
     preflight(encoder, tokenizer, glue_dir, cfg)
     model, tok = load_encoder(encoder, tokenizer)
     name = name or Path(encoder).resolve().name
     cache = StateCache(model, tok, encoder_key(encoder), cfg.max_len, cfg.batch_size, cache_dir)
     run = _Run(name, group or name, cfg, set(tok.all_special_ids))
     for task in cfg.tasks:
-        print(f"[eval] {name}: task {task}", flush=True)
+        logger.info("%s: task %s", name, task)
         run.task(load_task(task, glue_dir), cache)
-    result = run.result()
-    tracking.log_metrics(result_metrics(result.results))
-    return result
+    return run.result()
 
 
 def result_metrics(results: pd.DataFrame) -> dict[str, float]:
@@ -118,13 +100,6 @@ def preflight(encoder: str | Path, tokenizer: str | Path | None, glue_dir: Path 
         check_glue_dir(glue_dir, list(cfg.tasks))
 
 
-def _subsample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
-    if n is None or n >= len(df):
-        return df
-    idx = np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))
-    return df.iloc[idx].reset_index(drop=True)
-
-
 def _split(cache: StateCache, spec: TaskSpec, split: str, df: pd.DataFrame) -> Split:
     """Encode the distinct texts of a split once; examples point into them."""
     columns = ["text_a", "text_b"] if spec.is_pair else ["text_a"]
@@ -160,8 +135,8 @@ class _Run:
     def task(self, data: TaskData, cache: StateCache) -> None:
         cfg, spec = self.cfg, data.spec
         t0 = time.perf_counter()
-        train = _split(cache, spec, "train", _subsample(data.train, cfg.max_train, cfg.seed))
-        dev_df = _subsample(data.dev, cfg.max_dev, cfg.seed)
+        train = _split(cache, spec, "train", subsample(data.train, cfg.max_train, cfg.seed))
+        dev_df = subsample(data.dev, cfg.max_dev, cfg.seed)
         dev = _split(cache, spec, "dev", dev_df)
         self.timings["embed"] += time.perf_counter() - t0
         # The geometry sample and all resamples depend on the dev examples and the seed only, so two
@@ -183,9 +158,9 @@ class _Run:
             self.timings["probes"] += t1 - t0
             self.timings["geometry"] += t_geometry
             self.timings["stats"] += (t2 - t1) + (t3 - t2 - t_geometry)
-            print(f"  {spec.name}/{pooling}: {spec.metrics[0]}={score:.3f} (l2={probe.weight_decay:g}, "
-                  f"{probe.epochs} epochs) | probe {t1 - t0:.1f}s, geometry {t_geometry:.1f}s, "
-                  f"bootstrap {t3 - t1 - t_geometry:.1f}s", flush=True)
+            logger.info("%s/%s: %s=%.3f (l2=%g, %d epochs) | probe %.1fs, geometry %.1fs, bootstrap %.1fs",
+                        spec.name, pooling, spec.metrics[0], score, probe.weight_decay, probe.epochs, t1 - t0,
+                        t_geometry, t3 - t1 - t_geometry)
 
     def _probe_rows(self, data: TaskData, pooling: str, dev: Split, probe: ProbeResult, key: str) -> float:
         """Dev scores with bootstrap CIs; returns the first (main) score."""
@@ -248,7 +223,7 @@ def _geometry(
     spectral_note = f"CI from {n_spectral} resamples"
     out.update({m: (val, len(u), spectral_note) for m, val in geo.spectral_metrics(u, w_spec).items()})
     if not spec.regression:
-        feats = u if v is None else np.concatenate([u, v, np.abs(u - v), u * v], axis=1)
+        feats = u if v is None else pair_features(u, v)
         note = "" if v is None else "on pair features [u, v, |u-v|, u*v]"
         out["class_distance_ratio"] = (geo.class_distance_ratio(feats, y, w), len(u), note)
     return out

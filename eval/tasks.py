@@ -104,6 +104,14 @@ def get_spec(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+def subsample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """n rows drawn without replacement by a seeded generator, in their original order (None: all rows)."""
+    if n is None or n >= len(df):
+        return df
+    idx = np.sort(np.random.default_rng(seed).choice(len(df), n, replace=False))
+    return df.iloc[idx].reset_index(drop=True)
+
+
 def check_glue_dir(glue_dir: Path, task_names: list[str]) -> None:
     """Fail early, naming the missing folder or file, before any encoder work starts."""
     if not glue_dir.is_dir():

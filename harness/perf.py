@@ -1,9 +1,7 @@
-"""Throughput accounting (the peak FLOP/s that MFU is measured against) and the CPU allocator setting."""
+"""Throughput accounting: the peak FLOP/s that MFU is measured against."""
 
 from __future__ import annotations
 
-import ctypes
-import sys
 import time
 
 import torch
@@ -48,25 +46,3 @@ def peak_flops(configured: float | None, device: torch.device,
             if key in name:
                 return value, f"{key} bf16 dense peak"
     return measure_matmul_flops(*gemm_shape, device=device), f"measured fp32 matmul {gemm_shape}"
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
-
-
-def retain_freed_memory(retain: bool = True) -> bool:
-    """Keep freed memory in this process instead of handing it back to the OS (glibc malloc, Linux).
-
-    torch's CPU tensors come from malloc. With glibc's defaults every tensor over its mmap threshold (at most
-    32 MB: the MLM logits and their gradient) is a fresh mapping whose pages fault in on first touch, and freed
-    memory at the top of the heap is trimmed away, so every step pays its page faults again (~6% of a
-    small.yaml MLM step here). Like the jemalloc settings PyTorch's CPU tuning advice uses, with no extra
-    library: the process keeps its peak memory reserved. retain=False restores glibc's defaults.
-    Returns whether it applied (False off glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    mmap_max, trim_threshold = (0, 2**31 - 1) if retain else (65536, 128 * 1024)
-    return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))

@@ -2,26 +2,28 @@
 
     python -m harness.pretrain --config studies/configs/small.yaml [dotted.key=value ...]
 
-Each worker streams its shard of the prepared token sequences, draws the batch's masks on the CPU
-with a generator seeded by (seed, rank, epoch, step), and runs the objective from the registry. The
-step has no host-device sync: metrics are summed on the device and read every `train.log_every`
-steps, when they are reported to Ray (and from there to MLflow).
+Each worker streams its shard of MASKED batches (Ray Data draws the masks: harness.stream), moves each to its
+device once, and runs the objective from the registry. The step has no host-device sync: metrics are summed on
+the device and read every `train.log_every` steps, when they are reported to Ray (and from there to MLflow).
 
-Randomness is a pure function of (seed, rank, epoch, step): masks from their own generator, dropout
-from torch's generator reseeded every step. A checkpoint therefore needs no RNG state beyond the
-step counters, and resuming reproduces the uninterrupted run (exactly so with one worker, whose
-data order is fixed).
+The loop reads as its parts: set_up (build or restore), the stream, train_step, the IntervalTimer, validate and
+the quick probe, report_and_checkpoint. Randomness is a pure function of the seed and the data: masks of
+(seed, epoch, batch identity), dropout from torch's generator reseeded by (seed, rank, epoch, step). A
+checkpoint therefore needs no RNG state beyond the step and stream counters, and resuming reproduces the
+uninterrupted run (exactly so with one worker, whose data order is fixed).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import logging
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +40,18 @@ from eval.quick import quick_probe
 from harness import tracking
 from harness.config import Config, config_from_dict, load_config, resolve_location, resolve_path
 from harness.launch import build_trainer
-from harness.perf import peak_flops, retain_freed_memory
-from harness.prepare import load_tokenizer, prepare, read_prepared
+from harness.perf import peak_flops
+from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
+from harness.stream import MaskingStage, derived_seed, device_batches, epochs_needed, masked_datasets
 from models import export_encoder, momentum_at
-from objectives import PretrainModule, mask_plan
-from objectives.flops import train_flops_per_step
-from objectives.masking import MaskedBatch, SpecialTokens, mask_batch
+from objectives import PretrainModule, mask_plan, train_flops_per_step
+from objectives.masking import MaskedBatch, SpecialTokens
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 ENCODER_DIR = "encoder"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: progress.position counts batches of the whole masked stream
 _NO_BAD_STEP = 2**62
 
 
@@ -55,7 +59,7 @@ _NO_BAD_STEP = 2**62
 class Progress:
     step: int = 0  # optimiser steps done
     epoch: int = 0
-    position: int = 0  # batches of `epoch` already consumed
+    position: int = 0  # batches of the masked stream (all epochs) already consumed
 
 
 def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -82,14 +86,6 @@ def build_optimizer(module: PretrainModule, cfg: Config) -> torch.optim.AdamW:
     return torch.optim.AdamW(module.param_groups(o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
 
 
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integer parts (seed, rank, epoch, step, ...)."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (part + 0x632BE59BD9B4E019 + (value << 6) + (value >> 2))) & 0xFFFFFFFFFFFFFFFF
-    return value & 0x7FFFFFFFFFFFFFFF
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -107,7 +103,10 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a checkpoint of this harness (no {STATE_FILE}); "
                                 "pass a checkpoint_* directory from a run's Ray results")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
+        raise ValueError(f"{path}: not a readable checkpoint of this harness ({type(e).__name__}: {e})") from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this harness reads {CHECKPOINT_FORMAT}")
     return state
@@ -164,11 +163,39 @@ class Meter:
         return None if step == _NO_BAD_STEP else step
 
 
-def to_masked_batch(raw: dict[str, torch.Tensor], cfg: Config, specials: SpecialTokens,
-                    generator: torch.Generator) -> MaskedBatch:
-    ids = raw["input_ids"].long()
-    attention = raw["attention_mask"].long() if "attention_mask" in raw else torch.ones_like(ids)
-    return mask_batch(ids, attention, mask_plan(cfg), cfg.masking, specials, generator)
+class IntervalTimer:
+    """Wall time, time blocked on the next batch, and this process's CPU time, between two reports."""
+
+    def __init__(self) -> None:
+        self.train_time = 0.0  # steps and data waits of this run so far (no eval, no I/O)
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.cpu_start, self.data_time, self.steps = time.perf_counter(), time.process_time(), 0.0, 0
+
+    def timed(self, batches: Iterator[tuple[MaskedBatch, int]]) -> Iterator[tuple[MaskedBatch, int]]:
+        while True:
+            fetch_start = time.perf_counter()
+            item = next(batches, None)
+            self.data_time += time.perf_counter() - fetch_start
+            if item is None:
+                return
+            yield item
+            self.steps += 1
+
+    def read(self, world: int, tokens_per_step: int, flops_per_step: float, peak: float) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.start
+        self.train_time += elapsed
+        step_time = elapsed / max(self.steps, 1)
+        return {
+            "perf/tokens_per_s": world * tokens_per_step / step_time,
+            "perf/model_flops_per_s": flops_per_step / step_time,  # per worker
+            "perf/mfu": flops_per_step / step_time / peak,
+            "perf/data_wait": self.data_time / max(elapsed, 1e-9),
+            "perf/step_time_s": step_time,
+            "perf/process_cpu_s_per_step": (time.process_time() - self.cpu_start) / max(self.steps, 1),
+            "perf/train_time_s": self.train_time,
+        }
 
 
 def train_step(model: torch.nn.Module, module: PretrainModule, optimizer: torch.optim.Optimizer,
@@ -189,15 +216,10 @@ def train_step(model: torch.nn.Module, module: PretrainModule, optimizer: torch.
     return loss, {**metrics, "grad_norm": grad_norm}
 
 
-def held_out_batches(shard, cfg: Config, specials: SpecialTokens) -> list[MaskedBatch]:
-    """The first `train.eval_batches` held-out batches, masked once with fixed seeds and kept in
-    memory: every validation scores the same tokens and masks, and reads the data only once."""
-    batches = []
-    for i, raw in enumerate(shard.iter_torch_batches(batch_size=cfg.optim.batch_size, drop_last=True)):
-        if i >= cfg.train.eval_batches:
-            break
-        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 1_000_003, i))
-        batches.append(to_masked_batch(raw, cfg, specials, generator))
+def held_out_batches(shard, cfg: Config, device: torch.device) -> list[MaskedBatch]:
+    """The first `train.eval_batches` held-out batches (masked once, with fixed seeds, by the stream), kept on
+    the device: every validation scores the same tokens and masks, and reads the data only once."""
+    batches = [batch for batch, _ in itertools.islice(device_batches(shard, device), cfg.train.eval_batches)]
     if not batches:
         raise RuntimeError(f"the validation split has fewer than optim.batch_size={cfg.optim.batch_size} rows: "
                            "raise data.val_fraction or data.max_documents")
@@ -211,25 +233,36 @@ def validate(module: PretrainModule, batches: list[MaskedBatch], device: torch.d
     meter = Meter(device)
     for i, batch in enumerate(batches):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, metrics = module(batch.to(device), diagnostics=True)
+            loss, metrics = module(batch, diagnostics=True)
         meter.add({k: v for k, v in metrics.items() if k.startswith(("loss", "mlm_acc"))}, i, loss)
     module.train()
     return meter.read("val/")
 
 
-def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    cfg = config_from_dict(loop["config"])
-    specials = SpecialTokens(**loop["specials"])
+@dataclass
+class Worker:
+    """One Train worker's state: what set_up builds (or restores from a checkpoint) and the loop steps."""
+
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    module: PretrainModule  # the bare module: checkpoints, EMA, evaluation
+    model: torch.nn.Module  # what the step calls: the module under DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    progress: Progress
+
+
+def set_up(cfg: Config) -> Worker:
+    """Build the module, optimiser and schedule on this worker's device; restore them from a checkpoint when Ray
+    hands one back (after a worker failure) or train.resume_from names one."""
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(worker_threads(cfg))
-    if device.type == "cpu":
-        retain_freed_memory()  # no page faults on every step's large tensors
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     module = PretrainModule(cfg).to(device)
     optimizer = build_optimizer(module, cfg)
@@ -237,9 +270,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, o.warmup_steps, o.max_steps, o.min_lr_ratio))
     progress = Progress()
-    # After a worker failure Ray hands back this run's latest checkpoint; a new run may start from an
-    # earlier run's checkpoint (train.resume_from; Train V2 dropped resume_from_checkpoint).
-    restored = ray.train.get_checkpoint()
+    restored = ray.train.get_checkpoint()  # Train V2 dropped resume_from_checkpoint: the loop loads it
     if restored is None and cfg.train.resume_from:
         restored = ray.train.Checkpoint(cfg.train.resume_from)
     if restored is not None:
@@ -249,109 +280,101 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         progress = Progress(**state["progress"])
+        logger.info("rank %d resumed at step %d (epoch %d, stream batch %d)", context.get_world_rank(),
+                    progress.step, progress.epoch, progress.position)
     model = ray.train.torch.prepare_model(module)  # DDP (gloo on CPU, NCCL on GPU) when world > 1
-    step_fn = torch.compile(model, dynamic=True) if cfg.train.compile else model
+    if compile_enabled(cfg, device):
+        model = torch.compile(model, dynamic=True)  # mask sizes vary per batch
+    return Worker(cfg, context.get_world_rank(), context.get_world_size(), device, module, model, optimizer,
+                  scheduler, progress)
 
-    train_shard = ray.train.get_dataset_shard("train")
+
+def compile_enabled(cfg: Config, device: torch.device) -> bool:
+    """train.compile, or by default: on for CUDA, off on CPU (where compiling costs minutes)."""
+    return cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
+
+
+def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, export: bool) -> None:
+    """ray.train.report from every rank; rank 0 attaches the checkpoint when one is due."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if save and w.rank == 0:
+            save_checkpoint(Path(tmp), w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(report, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a worker process: show the progress lines
+    cfg = config_from_dict(loop["config"])
+    w = set_up(cfg)
+    o, t = cfg.optim, cfg.train
     val_batches = None
-    if rank == 0 and cfg.train.eval_every:
-        val_batches = held_out_batches(ray.train.get_dataset_shard("val"), cfg, specials)
-    tokens_per_step = o.batch_size * cfg.data.seq_len
-    flops_per_step = train_flops_per_step(cfg)
+    if w.rank == 0 and t.eval_every:
+        val_batches = held_out_batches(ray.train.get_dataset_shard("val"), cfg, w.device)
+    quick_tasks = loop.get("quick_probe") if w.rank == 0 else None
+    step_hook: Callable[[int, int, int], None] | None = loop.get("step_hook")  # tests inject faults here
+    tokens_per_step, flops_per_step = o.batch_size * cfg.data.seq_len, train_flops_per_step(cfg)
     # On CPU the peak is measured at the first report, not here: while Ray starts the run the cores are busy
     # for seconds, and a peak measured then read ~half (logged MFU > 1).
     peak: tuple[float, str] | None = None  # (FLOP/s, where it came from)
-    meter = Meter(device)
-    fault_marker = Path(loop["fault_marker"]) if loop.get("fault_marker") else None
-    quick_tasks = loop.get("quick_probe") if rank == 0 else None
-    interval_start, data_time, interval_steps, train_time = time.perf_counter(), 0.0, 0, 0.0
-    if restored is not None:
-        print(f"[rank {rank}] resumed at step {progress.step} (epoch {progress.epoch}, batch {progress.position})")
+    meter, timer = Meter(w.device), IntervalTimer()
+    # Resuming: skip the stream's batches that the checkpoint had consumed (one worker: the same batches).
+    stream = itertools.islice(device_batches(ray.train.get_dataset_shard("train"), w.device), w.progress.position,
+                              None)
 
-    while progress.step < o.max_steps:
-        batches = iter(train_shard.iter_torch_batches(
-            batch_size=o.batch_size, drop_last=True, prefetch_batches=2,
-            local_shuffle_buffer_size=8 * o.batch_size, local_shuffle_seed=derived_seed(cfg.seed, rank, progress.epoch),
-            pin_memory=device.type == "cuda"))
-        consumed = 0
-        while progress.step < o.max_steps:
-            fetch_start = time.perf_counter()
-            raw = next(batches, None)
-            if raw is None:
-                break
-            consumed += 1
-            if consumed <= progress.position:  # resuming mid-epoch: skip what the checkpoint had consumed
-                continue
-            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, rank, progress.epoch, progress.step))
-            batch = to_masked_batch(raw, cfg, specials, generator)  # drawn on the CPU
-            if device.type == "cuda":
-                batch = batch.pin_memory()  # the masks are new tensors: pin them for an asynchronous copy
-            batch = batch.to(device, non_blocking=True)
-            data_time += time.perf_counter() - fetch_start
+    for batch, epoch in timer.timed(stream):
+        p = w.progress
+        if step_hook is not None:
+            step_hook(p.step, w.rank, w.world)
+        last = p.step + 1 == o.max_steps
+        log_now = (p.step + 1) % t.log_every == 0 or last
+        torch.manual_seed(derived_seed(cfg.seed, w.rank, epoch, p.step, 1))  # dropout
+        momentum = momentum_at(p.step, o.max_steps, cfg.objective.ema_start, cfg.objective.ema_end)
+        loss, metrics = train_step(w.model, w.module, w.optimizer, batch, o.grad_clip, momentum, log_now)
+        w.scheduler.step()  # after the optimiser step: step 0 ran at warmup's first lr
+        meter.add(metrics, p.step, loss)
+        p.step, p.epoch, p.position = p.step + 1, epoch, p.position + 1
 
-            if cfg.train.fail_at_step == progress.step and rank == world - 1 and not fault_marker.exists():
-                fault_marker.touch()
-                raise RuntimeError(f"injected fault at step {progress.step} (train.fail_at_step)")
+        ckpt_now = last or (t.checkpoint_every and p.step % t.checkpoint_every == 0)
+        eval_now = val_batches is not None and (last or p.step % t.eval_every == 0)
+        if not (log_now or ckpt_now or eval_now):
+            continue
+        peak = peak or peak_flops(t.peak_flops, w.device, ffn_gemm_shape(cfg))
+        report = {**meter.read("train/"), **timer.read(w.world, tokens_per_step, flops_per_step, peak[0]),
+                  "step": p.step, "epoch": p.epoch, "train/lr": w.scheduler.get_last_lr()[0],
+                  "train/ema_momentum": momentum}
+        bad_step = meter.diverged_at()
+        if bad_step is not None:
+            ray.train.report({**report, "diverged": 1.0, "diverged_at_step": bad_step})
+            logger.error("rank %d: diverged at step %d: the loss is not finite; stopping", w.rank, bad_step)
+            return
+        if eval_now:
+            report.update(validate(w.module, val_batches, w.device))
+            if quick_tasks:
+                report.update(quick_probe(w.module.nets.encoder, quick_tasks, w.device))
+        report_and_checkpoint(w, report, save=bool(ckpt_now), export=last)
+        if w.rank == 0 and log_now:
+            logger.info("step %d/%d loss %.4f λ %.3f %.0f tok/s mfu %.2f (%s) data_wait %.3f", p.step, o.max_steps,
+                        report.get("train/loss", float("nan")), report.get("train/lambda", float("nan")),
+                        report["perf/tokens_per_s"], report["perf/mfu"], peak[1], report["perf/data_wait"])
+        if last:
+            return
+        timer.restart()
+    raise RuntimeError(f"worker {w.rank}'s stream ended at step {w.progress.step} of {o.max_steps}: prepare more "
+                       "documents (data.max_documents) or lower optim.batch_size")
 
-            last = progress.step + 1 == o.max_steps
-            log_now = (progress.step + 1) % cfg.train.log_every == 0 or last
-            torch.manual_seed(derived_seed(cfg.seed, rank, progress.epoch, progress.step, 1))  # dropout
-            momentum = momentum_at(progress.step, o.max_steps, cfg.objective.ema_start, cfg.objective.ema_end)
-            loss, metrics = train_step(step_fn, module, optimizer, batch, o.grad_clip, momentum, log_now)
-            scheduler.step()  # after the optimiser step: step 0 ran at warmup's first lr
-            meter.add(metrics, progress.step, loss)
-            progress.step += 1
-            progress.position = consumed
-            interval_steps += 1
 
-            ckpt_now = last or (cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0)
-            eval_now = val_batches is not None and (last or progress.step % cfg.train.eval_every == 0)
-            if not (log_now or ckpt_now or eval_now):
-                continue
-            report = meter.read("train/")
-            elapsed = time.perf_counter() - interval_start
-            train_time += elapsed
-            step_time = elapsed / max(interval_steps, 1)
-            if peak is None:
-                peak = peak_flops(cfg.train.peak_flops, device, ffn_gemm_shape(cfg))
-            report.update({
-                "step": progress.step, "epoch": progress.epoch, "train/lr": scheduler.get_last_lr()[0],
-                "train/ema_momentum": momentum,
-                "perf/tokens_per_s": world * tokens_per_step / step_time,
-                "perf/model_flops_per_s": flops_per_step / step_time,  # per worker
-                "perf/mfu": flops_per_step / step_time / peak[0],
-                "perf/data_wait": data_time / max(elapsed, 1e-9),
-                "perf/step_time_s": step_time,
-                "perf/train_time_s": train_time,  # steps and data waits of this run so far (no eval, no I/O)
-            })
-            bad_step = meter.diverged_at()
-            if bad_step is not None:
-                report.update({"diverged": 1.0, "diverged_at_step": bad_step})
-                ray.train.report(report)
-                print(f"[rank {rank}] diverged at step {bad_step}: loss is not finite; stopping")
-                return
-            if eval_now:
-                report.update(validate(module, val_batches, device))
-                if quick_tasks:
-                    report.update(quick_probe(module.nets.encoder, quick_tasks, device))
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = None
-                if ckpt_now and rank == 0:
-                    save_checkpoint(Path(tmp), module, optimizer, scheduler, progress, cfg, export=last)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(report, checkpoint=checkpoint)
-            if rank == 0 and log_now:
-                print(f"step {progress.step}/{o.max_steps} loss {report.get('train/loss', float('nan')):.4f} "
-                      f"λ {report.get('train/lambda', float('nan')):.3f} {report['perf/tokens_per_s']:.0f} tok/s "
-                      f"mfu {report['perf/mfu']:.2f} ({peak[1]}) data_wait {report['perf/data_wait']:.3f}")
-            interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
-        if progress.step >= o.max_steps:
-            break
-        if consumed == 0:
-            raise RuntimeError(f"the train split gave no batch of {o.batch_size} rows to worker {rank}: prepare "
-                               "more documents (data.max_documents) or lower optim.batch_size")
-        progress.epoch += 1
-        progress.position = 0
+class FailOnceAt:
+    """A step hook for tests: the last worker raises once at `step` (a marker file makes it once per run)."""
+
+    def __init__(self, step: int, marker: str | Path):
+        self.step, self.marker = step, Path(marker)
+
+    def __call__(self, step: int, rank: int, world: int) -> None:
+        if step == self.step and rank == world - 1 and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError(f"injected fault at step {step}")
 
 
 # ---------------------------------------------------------------- the driver
@@ -388,25 +411,31 @@ def prepare_run(cfg: Config) -> PreparedRun:
     return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, tokenizer, uri)
 
 
+def masked_stream(cfg: Config, prepared: PreparedRun) -> dict[str, ray.data.Dataset]:
+    """The Train datasets: the prepared splits with the masks of `cfg`'s objective drawn by Ray Data."""
+    stage = MaskingStage(cfg.masking, mask_plan(cfg), SpecialTokens.from_tokenizer(prepared.tokenizer),
+                         cfg.optim.batch_size, cfg.seed)
+    sequences = read_manifest(prepared.data_dir)["counts"]["train"]["sequences"]
+    epochs = epochs_needed(cfg.optim.max_steps, cfg.optim.batch_size, cfg.train.num_workers, sequences)
+    return masked_datasets(read_prepared(prepared.data_dir), stage, epochs)
+
+
 def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
-          callbacks: Sequence[UserCallback] = (), quick_tasks: list | None = None) -> dict[str, Any]:
+          callbacks: Sequence[UserCallback] = (), quick_tasks: list | None = None,
+          step_hook: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
     """Train one run on Ray (logging to the open MLflow `run`), export its encoder to run_dir/encoder.
 
     `cfg` may differ from prepared.cfg in anything but the data section (a study's trial). A Train run
     whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2).
-    `quick_tasks` (eval.quick.build_quick_probe): run the quick probe on rank 0 at every eval step."""
+    `quick_tasks` (eval.quick.build_quick_probe): run the quick probe on rank 0 at every eval step.
+    `step_hook(step, rank, world)`: called before every step (tests inject faults with FailOnceAt)."""
     if cfg.data != prepared.cfg.data:
         raise ValueError("the data section of a trial must equal the prepared one; prepare the data per config")
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop_config = {
-        "config": cfg.to_dict(),
-        "specials": dataclasses.asdict(SpecialTokens.from_tokenizer(prepared.tokenizer)),
-        "fault_marker": str(run_dir / "fault_injected") if cfg.train.fail_at_step is not None else None,
-        "quick_probe": quick_tasks,
-    }
+    loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook}
     uri = prepared.tracking_uri
-    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, read_prepared(prepared.data_dir), name,
+    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, masked_stream(cfg, prepared), name,
                             storage, [tracking.ReportToMLflow(uri, run.run_id), *callbacks])
     result = trainer.fit()
     # Every report reached MLflow through the callback; Ray's result only keeps the metrics that
@@ -430,14 +459,16 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
             "checkpoint": result.checkpoint.path, "encoder": str(encoder)}
 
 
-def run_pretraining(cfg: Config, run_name: str | None = None) -> dict[str, Any]:
+def run_pretraining(cfg: Config, run_name: str | None = None,
+                    step_hook: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
     """One pre-training run: prepare, train on Ray under its own MLflow run, export, summarise."""
     prepared = prepare_run(cfg)
     cfg = prepared.cfg
     output = resolve_path(cfg.output_dir)
     run_name = run_name or f"{cfg.objective.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tracking.training_run(prepared.tracking_uri, cfg.tracking.experiment, run_name, cfg.to_dict()) as run:
-        return train(cfg, prepared, run, run_name, output / "runs" / run_name, output / "ray_results")
+        return train(cfg, prepared, run, run_name, output / "runs" / run_name, output / "ray_results",
+                     step_hook=step_hook)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="run name (default: <objective>-<time>)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.num_workers=2")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = run_pretraining(load_config(args.config, args.overrides), run_name=args.name)
     print("\n".join(f"{k:>22}: {v}" for k, v in summary.items()))
     return 0 if summary["outcome"] == "finished" else 1

@@ -3,7 +3,9 @@ the Pareto front, Optuna's hyperparameter importances, plots and report.md, all 
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from harness import tracking
-from harness.config import Config
+from harness.config import Config, override_config
 from harness.launch import QUICK_METRIC
+from harness.space import Space
+
+logger = logging.getLogger(__name__)
 
 SHOWN_METRICS = (QUICK_METRIC, "val/loss_mlm", "val/loss_jepa", "train/lambda", "perf/trial_wall_s")
+
+
+@dataclass
+class StudyResult:
+    """What a study's run leaves: where it lives, its MLflow parent run, and one row per trial."""
+
+    study_dir: Path
+    parent_run_id: str
+    tracking_uri: str
+    table: pd.DataFrame  # one row per trial: label, outcome, searched values, metrics (trial_table)
+    wall_s: float
 
 
 def param_value(text: str) -> Any:
@@ -32,8 +48,9 @@ def param_value(text: str) -> Any:
     return value
 
 
-def trial_table(uri: str, parent_run_id: str, cfg: Config, space: dict | None) -> pd.DataFrame:
+def trial_table(uri: str, parent_run_id: str, cfg: Config) -> pd.DataFrame:
     """One row per child run: label, outcome, the trial's overrides (trial.*), the study's metrics."""
+    shown = list(dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS]))
     rows = []
     for run in tracking.child_runs(uri, parent_run_id):
         tags, metrics = run["tags"], run["metrics"]
@@ -41,9 +58,9 @@ def trial_table(uri: str, parent_run_id: str, cfg: Config, space: dict | None) -
                                "outcome": tags.get("outcome", run["status"].lower()),
                                "steps": int(metrics.get("step", 0)), "run_id": run["run_id"]}
         row.update({k: param_value(v) for k, v in sorted(run["params"].items()) if k.startswith("trial.")})
-        row.update({m: metrics.get(m, math.nan) for m in dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS])})
+        row.update({m: metrics.get(m, math.nan) for m in shown})
         rows.append(row)
-    columns = ["label", "group", "outcome", "steps", "run_id", *dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS])]
+    columns = ["label", "group", "outcome", "steps", "run_id", *shown]
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)  # no trial ran: the columns still exist
     if table.empty:
         return table
@@ -67,7 +84,7 @@ def pareto_front(table: pd.DataFrame, metrics: tuple[str, ...], modes: tuple[str
     return table[keep]
 
 
-def importances(table: pd.DataFrame, cfg: Config, space: dict) -> dict[str, dict[str, float]]:
+def importances(table: pd.DataFrame, cfg: Config, space: Space) -> dict[str, dict[str, float]]:
     """Optuna's (fANOVA) importance of each searched parameter, per optimised metric; {} with < 2 finished."""
     done = finished(table, cfg)
     if len(done) < 2:
@@ -87,7 +104,7 @@ def importances(table: pd.DataFrame, cfg: Config, space: dict) -> dict[str, dict
             out[metric] = optuna.importance.get_param_importances(study, evaluator=evaluator,
                                                                   target=lambda t, i=i: t.values[i])
         except (RuntimeError, ValueError) as e:  # e.g. no parameter varied between finished trials
-            print(f"[study] no importances for {metric}: {e}", flush=True)
+            logger.info("no importances for %s: %s", metric, e)
     return out
 
 
@@ -143,9 +160,9 @@ def plot_pareto(table: pd.DataFrame, front: pd.DataFrame, metrics: tuple[str, ..
     return _save(fig, path)
 
 
-def write_report(result, cfg: Config, space: dict | None, sections: list[tuple[str, str]]) -> Path:
-    from harness.study import apply_params  # the engine imports this module lazily
-
+def write_report(result: StudyResult, cfg: Config, space: Space | None, sections: list[tuple[str, str]]) -> Path:
+    """Write report/ under the study's folder and log it, the best trial and the outcome counts to the parent
+    run (the active MLflow run)."""
     out = result.study_dir / "report"
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -164,7 +181,7 @@ def write_report(result, cfg: Config, space: dict | None, sections: list[tuple[s
         top = best.iloc[0]
         overrides = {k.removeprefix("trial."): v.item() if isinstance(v, np.generic) else v
                      for k, v in top.items() if k.startswith("trial.") and not (isinstance(v, float) and math.isnan(v))}
-        best_cfg = apply_params(cfg, overrides)
+        best_cfg = override_config(cfg, overrides)
         (out / "best_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
         tracking.log_params({f"best.{k}": v for k, v in overrides.items()})
         tracking.set_tags({"best_trial": str(top["label"])})
@@ -198,5 +215,5 @@ def write_report(result, cfg: Config, space: dict | None, sections: list[tuple[s
     (out / "report.md").write_text("\n".join(md))
     tracking.log_metrics(logged)
     tracking.log_artifact(out, "report")
-    print(f"[study] report: {out / 'report.md'}", flush=True)
+    logger.info("report: %s", out / "report.md")
     return out

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from models.ema import ema_update, make_target, momentum_at
-from models.encoder import build_encoder, encode, encode_at, export_encoder, load_exported
+from models.encoder import build_encoder, encode, export_encoder
 from models.heads import MLMHead, Predictor
 
 if TYPE_CHECKING:
-    from harness.config import ModelConfig
+    from models.config import ModelConfig
 
-__all__ = ["PretrainNets", "build_encoder", "encode", "encode_at", "export_encoder", "load_exported", "momentum_at"]
+__all__ = ["PretrainNets", "build_encoder", "encode", "export_encoder", "momentum_at"]
 
 
 class PretrainNets(nn.Module):

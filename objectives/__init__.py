@@ -1,62 +1,86 @@
-"""Pre-training objectives as plain functions in a registry; the training loop only calls the registry.
+"""Pre-training objectives as specs in a registry; the training loop only calls the registry.
 
-    Objective = (module, batch, diagnostics) -> (loss, metrics)
+    ObjectiveSpec.loss = (module, batch, diagnostics) -> (loss, metrics)
 
 `metrics` holds detached tensors (each loss term, λ, and with diagnostics=True the costlier collapse
-checks); the harness reads them only at log steps, so the step itself never syncs.
+checks); the harness reads them only at log steps, so the step itself never syncs. A spec also says which
+masks the objective needs (and so which networks are built), whether it mixes two losses with a learned or
+fixed λ, and its model FLOPs. Adding an objective is one module with its loss and one `register_objective`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from models import PretrainNets
+from objectives.flops import Matmuls, StepShape, expected_shape, hybrid_matmuls, jepa_matmuls, mlm_matmuls, total_flops
 from objectives.hybrid import hybrid_objective
 from objectives.jepa import jepa_objective
 from objectives.masking import MaskedBatch, MaskPlan
 from objectives.mlm import mlm_objective
+from objectives.spec import ObjectiveSpec
 from objectives.weighting import LossWeighting
 
 if TYPE_CHECKING:
-    from harness.config import Config
+    from objectives.config import RunConfig
 
-Objective = Callable[["PretrainModule", MaskedBatch, bool], tuple[Tensor, dict[str, Tensor]]]
-
-OBJECTIVES: dict[str, Objective] = {
-    "mlm": mlm_objective,
-    "jepa": jepa_objective,
-    "hybrid": hybrid_objective,
-}
+OBJECTIVES: dict[str, ObjectiveSpec] = {}
 
 
-def get_objective(name: str) -> Objective:
+def register_objective(spec: ObjectiveSpec) -> ObjectiveSpec:
+    """Add `spec` to the registry (objective.name then accepts it); a name is registered once."""
+    if spec.name in OBJECTIVES:
+        raise ValueError(f"objective {spec.name!r} is already registered")
+    OBJECTIVES[spec.name] = spec
+    return spec
+
+
+register_objective(ObjectiveSpec("mlm", mlm_objective, lambda o: MaskPlan(mlm=True, jepa=False), mlm_matmuls))
+register_objective(ObjectiveSpec("jepa", jepa_objective, lambda o: MaskPlan(mlm=False, jepa=True), jepa_matmuls))
+register_objective(ObjectiveSpec(
+    "hybrid", hybrid_objective,
+    # One pass: the student sees the JEPA targets as [MASK], so BERT masking skips them.
+    lambda o: MaskPlan(mlm=True, jepa=True, hide_targets=o.passes == 1),
+    hybrid_matmuls,
+    weighted=True,
+))
+
+
+def get_objective(name: str) -> ObjectiveSpec:
     if name not in OBJECTIVES:
         raise KeyError(f"unknown objective {name!r}; valid names: {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]
 
 
-def mask_plan(cfg: Config) -> MaskPlan:
-    """Which masks the collator must draw for this objective."""
-    name, passes = cfg.objective.name, cfg.objective.passes
-    return MaskPlan(mlm=name in ("mlm", "hybrid"), jepa=name in ("jepa", "hybrid"),
-                    hide_targets=name == "hybrid" and passes == 1)
+def mask_plan(cfg: RunConfig) -> MaskPlan:
+    """Which masks the collator must draw for this run's objective."""
+    return get_objective(cfg.objective.name).masks(cfg.objective)
+
+
+def step_matmuls(cfg: RunConfig, shape: StepShape | None = None) -> Matmuls:
+    """The GEMMs of one training step on one worker, and the FLOPs of its attention matmuls; `shape`: a batch's
+    exact sizes (objectives.flops.shape_of), else the config's expected ones."""
+    return get_objective(cfg.objective.name).matmuls(cfg, shape or expected_shape(cfg, mask_plan(cfg).hide_targets))
+
+
+def train_flops_per_step(cfg: RunConfig, shape: StepShape | None = None) -> float:
+    """Model FLOPs of one training step on one worker (forward + backward, EMA target forward)."""
+    return total_flops(step_matmuls(cfg, shape))
 
 
 class PretrainModule(nn.Module):
     """What the training loop (and DDP) wraps: the networks, the loss weighting, and the objective."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: RunConfig):
         super().__init__()
-        plan = mask_plan(cfg)
+        spec = get_objective(cfg.objective.name)
+        plan = spec.masks(cfg.objective)
         self.cfg = cfg.objective
-        self.objective = get_objective(cfg.objective.name)
+        self.objective = spec.loss
         self.nets = PretrainNets(cfg.model, mlm=plan.mlm, jepa=plan.jepa)
-        self.weighting = None
-        if cfg.objective.name == "hybrid":
-            self.weighting = LossWeighting(cfg.objective.weighting, cfg.objective.lambda_init)
+        self.weighting = LossWeighting(cfg.objective.weighting, cfg.objective.lambda_init) if spec.weighted else None
 
     def forward(self, batch: MaskedBatch, diagnostics: bool = False) -> tuple[Tensor, dict[str, Tensor | float]]:
         """Loss and metrics: each loss term, λ, the batch's mask statistics (and diagnostics if asked)."""

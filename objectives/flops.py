@@ -1,10 +1,10 @@
-"""Analytic model FLOPs of one training step, per objective and config (for MFU and compute matching).
+"""Analytic model FLOPs of the parts of a training step (for MFU and compute matching).
 
 Counts matmul FLOPs only (2 per multiply-add), as torch.utils.flop_counter does: linear layers,
 attention scores and values, the MLM head on masked positions only. A trained part costs 3x its
-forward (forward + backward for inputs and weights); the EMA target runs forward only (its last layer at the
-target positions only). The same GEMM list gives the shapes at which benchmarks measure the matmul rate MFU
-is compared with.
+forward (forward + backward for inputs and weights); the EMA target runs forward only. Each objective's spec
+in the registry (objectives.OBJECTIVES) sums the parts it runs; the same GEMM list gives the shapes at which
+benchmarks measure the matmul rate MFU is compared with.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 from objectives.masking import MaskedBatch
 
 if TYPE_CHECKING:
-    from harness.config import Config, ModelConfig
+    from objectives.config import RunConfig
+
+Matmuls = tuple[list["Gemm"], float]  # (GEMMs, FLOPs of the attention matmuls)
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,14 @@ class StepShape:
     tgt_len: float = 0.0  # tokens per target block
 
 
-def expected_shape(cfg: Config) -> StepShape:
-    """Mean mask sizes for full-length packed rows ([CLS] ... [SEP]), from the masking config."""
+def expected_shape(cfg: RunConfig, hide_targets: bool = False) -> StepShape:
+    """Mean mask sizes for full-length packed rows ([CLS] ... [SEP]), from the masking config. `hide_targets`:
+    BERT masking skips the JEPA target blocks (the one-pass hybrid)."""
     m, batch, content = cfg.masking, cfg.optim.batch_size, cfg.data.seq_len - 2
     enc = sum(m.enc_mask_scale) / 2
     pred = sum(m.pred_mask_scale) / 2
     hidden = 1 - (1 - pred) ** m.num_pred_masks  # expected share of a row under some target block
-    mlm_eligible = content * (1 - hidden) if cfg.objective.name == "hybrid" and cfg.objective.passes == 1 else content
+    mlm_eligible = content * (1 - hidden) if hide_targets else content
     return StepShape(batch=batch, seq_len=cfg.data.seq_len, mlm_positions=m.mlm_probability * mlm_eligible * batch,
                      ctx_len=enc * content * (1 - hidden), tgt_len=pred * content)
 
@@ -94,42 +97,45 @@ def attention_flops(rows: float, seq: float, width: int, layers: int, last_layer
     return 4 * rows * queries * seq * width
 
 
-def step_matmuls(cfg: Config, shape: StepShape | None = None) -> tuple[list[Gemm], float]:
-    """(the GEMMs of one training step on one worker, the FLOPs of its attention matmuls)."""
-    s = shape or expected_shape(cfg)
-    m: ModelConfig = cfg.model
-    name, d = cfg.objective.name, m.hidden_size
-    gemms: list[Gemm] = []
-    attention = 0.0
-
-    def encoder(seq: float, passes: int, outputs_per_row: float | None = None) -> None:
-        nonlocal attention
-        kept = None if outputs_per_row is None else s.batch * outputs_per_row
-        gemms.extend(transformer_gemms(s.batch * seq, d, m.intermediate_size, m.num_layers, passes,
-                                       last_layer_outputs=kept))
-        attention += passes * attention_flops(s.batch, seq, d, m.num_layers, last_layer_queries=outputs_per_row)
-
-    if name in ("mlm", "hybrid"):
-        encoder(s.seq_len, 3)
-        gemms += [Gemm(s.mlm_positions, d, d, 3), Gemm(s.mlm_positions, d, m.vocab_size, 3)]
-    if name in ("jepa", "hybrid"):
-        if name == "jepa" or cfg.objective.passes == 2:
-            encoder(s.ctx_len, 3)
-        w, blocks = m.predictor_width, cfg.masking.num_pred_masks
-        rows, row_len, queries = blocks * s.batch, s.ctx_len + s.tgt_len, blocks * s.batch * s.tgt_len
-        gemms.append(Gemm(s.batch * s.ctx_len, d, w, 3))  # context latents -> predictor width
-        # Only the target queries' outputs leave the predictor's last block.
-        gemms += transformer_gemms(rows * row_len, w, 4 * w, m.predictor_depth, 3, fused_qkv=True,
-                                   last_layer_outputs=queries)
-        attention += 3 * attention_flops(rows, row_len, w, m.predictor_depth, last_layer_queries=s.tgt_len)
-        gemms.append(Gemm(queries, w, d, 3))  # predictions -> encoder width
-        encoder(s.seq_len, 1, outputs_per_row=blocks * s.tgt_len)  # the EMA target, forward only
-    return [g for g in gemms if g.m > 0], attention
+def encoder_matmuls(cfg: RunConfig, batch: int, seq: float, passes: int) -> Matmuls:
+    """The encoder over `batch` rows of `seq` tokens, run `passes` times (3: trained, 1: forward only)."""
+    m = cfg.model
+    gemms = transformer_gemms(batch * seq, m.hidden_size, m.intermediate_size, m.num_layers, passes)
+    return gemms, passes * attention_flops(batch, seq, m.hidden_size, m.num_layers)
 
 
-def train_flops_per_step(cfg: Config, shape: StepShape | None = None) -> float:
-    """Model FLOPs of one training step on one worker (forward + backward, EMA target forward)."""
-    gemms, attention = step_matmuls(cfg, shape)
+def mlm_matmuls(cfg: RunConfig, s: StepShape) -> Matmuls:
+    """The student's pass over the corrupted rows and the MLM head on the masked tokens."""
+    d = cfg.model.hidden_size
+    gemms, attention = encoder_matmuls(cfg, s.batch, s.seq_len, 3)
+    return gemms + [Gemm(s.mlm_positions, d, d, 3), Gemm(s.mlm_positions, d, cfg.model.vocab_size, 3)], attention
+
+
+def jepa_matmuls(cfg: RunConfig, s: StepShape, context_pass: bool = True) -> Matmuls:
+    """The student's pass over the context tokens (unless the context comes from another pass), the predictor
+    (its last block at the target queries only) and the EMA target's forward pass over the clean rows."""
+    m, d = cfg.model, cfg.model.hidden_size
+    gemms, attention = encoder_matmuls(cfg, s.batch, s.ctx_len, 3) if context_pass else ([], 0.0)
+    w, blocks = m.predictor_width, cfg.masking.num_pred_masks
+    rows, row_len, queries = blocks * s.batch, s.ctx_len + s.tgt_len, blocks * s.batch * s.tgt_len
+    gemms.append(Gemm(s.batch * s.ctx_len, d, w, 3))  # context latents -> predictor width
+    gemms += transformer_gemms(rows * row_len, w, 4 * w, m.predictor_depth, 3, fused_qkv=True,
+                               last_layer_outputs=queries)
+    attention += 3 * attention_flops(rows, row_len, w, m.predictor_depth, last_layer_queries=s.tgt_len)
+    gemms.append(Gemm(queries, w, d, 3))  # predictions -> encoder width
+    target, target_attention = encoder_matmuls(cfg, s.batch, s.seq_len, 1)
+    return [g for g in gemms + target if g.m > 0], attention + target_attention
+
+
+def hybrid_matmuls(cfg: RunConfig, s: StepShape) -> Matmuls:
+    """MLM's parts and JEPA's; with passes=1 the context latents come from the MLM pass (no context pass)."""
+    mlm_gemms, mlm_attention = mlm_matmuls(cfg, s)
+    jepa_gemms, jepa_attention = jepa_matmuls(cfg, s, context_pass=cfg.objective.passes == 2)
+    return mlm_gemms + jepa_gemms, mlm_attention + jepa_attention
+
+
+def total_flops(matmuls: Matmuls) -> float:
+    gemms, attention = matmuls
     return sum(g.flops for g in gemms) + attention
 
 

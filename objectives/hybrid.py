@@ -19,10 +19,10 @@ from objectives.masking import MaskedBatch
 from objectives.mlm import mlm_term
 
 if TYPE_CHECKING:
-    from objectives import PretrainModule
+    from objectives.spec import ObjectiveModule
 
 
-def hybrid_objective(module: PretrainModule, batch: MaskedBatch, diagnostics: bool
+def hybrid_objective(module: ObjectiveModule, batch: MaskedBatch, diagnostics: bool
                      ) -> tuple[Tensor, dict[str, Tensor]]:
     hidden = encode(module.nets.encoder, batch.mlm_input_ids, batch.attention_mask)
     loss_mlm, mlm_metrics = mlm_term(module, hidden, batch, diagnostics)

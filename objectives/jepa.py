@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models import encode, encode_at
+from common.spectra import rankme
+from models import encode
 from objectives.masking import MaskedBatch
 
 if TYPE_CHECKING:
-    from objectives import PretrainModule
+    from objectives.spec import ObjectiveModule
 
 Distance = Callable[[Tensor, Tensor], Tensor]
 
@@ -47,15 +48,14 @@ def gather_positions(x: Tensor, idx: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def forward_target(module: PretrainModule, batch: MaskedBatch) -> Tensor:
-    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine. Its last
-    layer runs at the target positions only (they are all the loss reads)."""
-    positions = row_positions(batch.tgt_idx)
-    hidden = encode_at(module.nets.target, batch.input_ids, batch.attention_mask, positions)
-    return split_rows(F.layer_norm(hidden, hidden.shape[-1:]), batch.tgt_idx)
+def forward_target(module: ObjectiveModule, batch: MaskedBatch) -> Tensor:
+    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine, read at
+    the target blocks."""
+    hidden = encode(module.nets.target, batch.input_ids, batch.attention_mask)
+    return gather_positions(F.layer_norm(hidden, hidden.shape[-1:]), batch.tgt_idx)
 
 
-def forward_context(module: PretrainModule, batch: MaskedBatch) -> Tensor:
+def forward_context(module: ObjectiveModule, batch: MaskedBatch) -> Tensor:
     """Context latents (B, Kc, D): the student on the context tokens only, at their original positions."""
     tokens = batch.input_ids.gather(1, batch.ctx_idx)
     return encode(module.nets.encoder, tokens, None, position_ids=batch.ctx_idx)
@@ -66,13 +66,11 @@ def effective_rank(x: Tensor) -> Tensor:
     NaN when x holds NaN/inf (a diverged step), decided on the device without a sync."""
     x = x.float()
     finite = torch.isfinite(x).all()
-    s = torch.linalg.svdvals(torch.where(finite, x, torch.zeros_like(x)))
-    p = s / s.sum().clamp_min(1e-12)
-    erank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+    erank = rankme(torch.linalg.svdvals(torch.where(finite, x, torch.zeros_like(x))))
     return torch.where(finite, erank, torch.full_like(erank, float("nan")))
 
 
-def jepa_term(module: PretrainModule, context: Tensor, batch: MaskedBatch, diagnostics: bool
+def jepa_term(module: ObjectiveModule, context: Tensor, batch: MaskedBatch, diagnostics: bool
               ) -> tuple[Tensor, dict[str, Tensor]]:
     target = forward_target(module, batch)
     pred = module.nets.predictor(context, batch.ctx_idx, batch.tgt_idx)
@@ -84,7 +82,7 @@ def jepa_term(module: PretrainModule, context: Tensor, batch: MaskedBatch, diagn
     return loss, metrics
 
 
-def jepa_objective(module: PretrainModule, batch: MaskedBatch, diagnostics: bool
+def jepa_objective(module: ObjectiveModule, batch: MaskedBatch, diagnostics: bool
                    ) -> tuple[Tensor, dict[str, Tensor]]:
     loss, metrics = jepa_term(module, forward_context(module, batch), batch, diagnostics)
     return loss, {"loss": loss.detach(), **metrics, "lambda": loss.new_ones(())}

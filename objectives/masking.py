@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from harness.config import MaskingConfig
+    from objectives.config import MaskingConfig
 
 IGNORE_INDEX = -100
 _CONTEXT_TRIES = 20

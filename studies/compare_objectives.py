@@ -6,21 +6,25 @@ evaluation suite for every run, and eval.compare's paired tests (Holm-corrected)
 
 Re-running the same command resumes an interrupted study (same study.name and settings).
 """
+# ruff: noqa: E402  (the imports follow the sys.path line)
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from eval.report import read_run, write_table  # noqa: E402
-from eval.stats import aggregate_seeds, compare  # noqa: E402
-from harness.config import ConfigError, load_config  # noqa: E402
-from harness.study import TrialSpec, apply_params, exit_on_setup_error, load_spec, open_study, study_arguments  # noqa
-from harness.study_report import markdown_table  # noqa: E402
-from objectives.flops import train_flops_per_step  # noqa: E402
+from eval.report import read_run, write_table
+from eval.stats import aggregate_seeds, compare
+from harness.config import Config, ConfigError, load_config
+from harness.space import apply_params, load_spec
+from harness.study import open_study, run_script, study_arguments
+from harness.study_report import StudyResult, markdown_table
+from harness.trial import TrialSpec
+from objectives import train_flops_per_step
 
 DEFAULT_SPEC = "studies/spaces/compare_objectives.yaml"
 SMOKE = ["study.name=compare_objectives_smoke", "study.max_concurrent=2", "optim.max_steps=20",
@@ -30,7 +34,7 @@ SMOKE = ["study.name=compare_objectives_smoke", "study.max_concurrent=2", "optim
 SMOKE_SPEC = ["objectives=[mlm, hybrid]", "seeds=[0]"]
 
 
-def trial_grid(cfg, spec: dict) -> tuple[list[TrialSpec], pd.DataFrame]:
+def trial_grid(cfg: Config, spec: dict[str, Any]) -> tuple[list[TrialSpec], pd.DataFrame]:
     """One trial per (objective, seed); steps from the FLOPs budget (match: flops) or equal (match: steps)."""
     if spec.get("match") not in ("flops", "steps") or not spec.get("objectives") or not spec.get("seeds"):
         raise ConfigError(f"spec: needs objectives: [...], seeds: [...] and match: flops|steps, got {spec}")
@@ -48,8 +52,28 @@ def trial_grid(cfg, spec: dict) -> tuple[list[TrialSpec], pd.DataFrame]:
     return grid, pd.DataFrame(budgets)
 
 
+def paired_tests(result: StudyResult) -> list[tuple[str, str]]:
+    """eval.compare's paired tests and seed aggregates over the finished runs, written to report/; the
+    report's sections on them (none with fewer than two finished runs)."""
+    done = result.table[result.table["outcome"] == "finished"]
+    tables = [read_run(result.study_dir / "trials" / label / "eval") for label in done["label"]]
+    if len(tables) < 2:
+        return []
+    results, replicates = (pd.concat(t, ignore_index=True) for t in list(zip(*tables, strict=True))[:2])
+    tests, aggregate = compare(results, replicates), aggregate_seeds(results)
+    out = result.study_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(tests, out, "comparison")
+    write_table(aggregate, out, "aggregate")
+    n_sig = int(tests["significant"].sum()) if not tests.empty else 0
+    main_rows = aggregate[(aggregate["family"] == "probe") | (aggregate["metric"] == "uniformity")]
+    return [("Seed aggregates (mean, std over seeds)", markdown_table(main_rows)),
+            ("Paired tests", f"{len(tests)} paired bootstrap tests between objectives, {n_sig} significant after "
+                             "Holm (alpha 0.05): see comparison.csv.")]
+
+
 def main(argv: list[str] | None = None) -> int:
-    return exit_on_setup_error("compare_objectives", run, study_arguments(__doc__, "--spec", DEFAULT_SPEC, argv))
+    return run_script("compare_objectives", run, study_arguments(__doc__, "--spec", DEFAULT_SPEC, argv))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,26 +84,10 @@ def run(args: argparse.Namespace) -> int:
     grid, budgets = trial_grid(cfg, spec)
     print(f"[compare_objectives] {len(grid)} runs:\n{budgets.to_string(index=False)}", flush=True)
 
-    # 2. Run (or resume) the study.
+    # 2. Run (or resume) the study; 3. paired tests between objectives, then the report.
     with open_study(cfg, grid=grid) as study:
         result = study.run()
-        # 3. Paired tests between objectives over the finished runs' evaluations, then the report.
-        done = result.table[result.table["outcome"] == "finished"]
-        tables = [read_run(result.study_dir / "trials" / label / "eval") for label in done["label"]]
-        sections = [("Budgets", markdown_table(budgets))]
-        if len(tables) >= 2:
-            results, replicates = (pd.concat(t, ignore_index=True) for t in list(zip(*tables, strict=True))[:2])
-            tests, aggregate = compare(results, replicates), aggregate_seeds(results)
-            out = result.study_dir / "report"
-            out.mkdir(parents=True, exist_ok=True)
-            write_table(tests, out, "comparison")
-            write_table(aggregate, out, "aggregate")
-            n_sig = int(tests["significant"].sum()) if not tests.empty else 0
-            main_rows = aggregate[(aggregate["family"] == "probe") | (aggregate["metric"] == "uniformity")]
-            sections += [("Seed aggregates (mean, std over seeds)", markdown_table(main_rows)),
-                         ("Paired tests", f"{len(tests)} paired bootstrap tests between objectives, {n_sig} "
-                                          "significant after Holm (alpha 0.05): see comparison.csv.")]
-        report = study.report(result, sections)
+        report = study.report(result, [("Budgets", markdown_table(budgets)), *paired_tests(result)])
     print(result.table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"[compare_objectives] report {report / 'report.md'}; MLflow parent run {result.parent_run_id}")
     return 0

@@ -10,6 +10,7 @@ Multi-objective (probe score and uniformity, a Pareto front):
 
 Re-running the same command resumes an interrupted study (same study.name and settings).
 """
+# ruff: noqa: E402  (the imports follow the sys.path line)
 
 import argparse
 import sys
@@ -17,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
-from harness.config import load_config  # noqa: E402
-from harness.study import exit_on_setup_error, load_space, open_study, study_arguments  # noqa: E402
+from harness.config import load_config
+from harness.space import load_space
+from harness.study import open_study, run_script, study_arguments
 
 DEFAULT_SPACE = "studies/spaces/lambda_sweep.yaml"
 
@@ -30,7 +32,7 @@ SMOKE = ["study.name=lambda_sweep_smoke", "study.num_samples=2", "study.max_conc
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_on_setup_error("lambda_sweep", run, study_arguments(__doc__, "--space", DEFAULT_SPACE, argv))
+    return run_script("lambda_sweep", run, study_arguments(__doc__, "--space", DEFAULT_SPACE, argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,22 +7,26 @@ of the probe error (1 - probe/mean_score) against training compute C (model FLOP
 Fit per objective: y = a * C^b by least squares in log-log space (b < 0: y falls with compute).
 Re-running the same command resumes an interrupted study (same study.name and settings).
 """
+# ruff: noqa: E402  (the imports follow the sys.path line)
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from harness.config import ConfigError, load_config  # noqa: E402
-from harness.study import TrialSpec, apply_params, exit_on_setup_error, load_spec, open_study, study_arguments  # noqa
-from harness.study_report import markdown_table  # noqa: E402
-from objectives.flops import train_flops_per_step  # noqa: E402
+from harness.config import Config, ConfigError, load_config
+from harness.space import apply_params, load_spec
+from harness.study import open_study, run_script, study_arguments
+from harness.study_report import markdown_table
+from harness.trial import TrialSpec
+from objectives import train_flops_per_step
 
 DEFAULT_SPEC = "studies/spaces/scaling.yaml"
 SMOKE = ["study.name=scaling_smoke", "study.max_concurrent=2", "train.eval_every=10", "train.log_every=5",
@@ -33,7 +37,7 @@ SMOKE_SPEC = ["sizes={d32: {model.hidden_size: 32, model.num_layers: 1, model.nu
 FITTED = {"val/loss_mlm": "validation MLM loss", "probe_error": "probe error (1 - probe/mean_score)"}
 
 
-def trial_grid(cfg, spec: dict) -> tuple[list[TrialSpec], dict[str, float]]:
+def trial_grid(cfg: Config, spec: dict[str, Any]) -> tuple[list[TrialSpec], dict[str, float]]:
     """One trial per (objective, size, budget) and its training compute in FLOPs."""
     if not spec.get("objectives") or not spec.get("sizes") or not spec.get("token_budgets"):
         raise ConfigError(f"spec: needs objectives: [...], sizes: {{name: {{overrides}}}} and token_budgets: [...], "
@@ -86,7 +90,7 @@ def plot_fits(table: pd.DataFrame, fits: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_on_setup_error("scaling", run, study_arguments(__doc__, "--spec", DEFAULT_SPEC, argv))
+    return run_script("scaling", run, study_arguments(__doc__, "--spec", DEFAULT_SPEC, argv))
 
 
 def run(args: argparse.Namespace) -> int:

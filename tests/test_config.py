@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import Config, ConfigError, config_from_dict, load_config, parse_overrides
+from harness.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "studies" / "configs"
 
@@ -37,10 +37,31 @@ def test_dotted_overrides_apply_with_yaml_types() -> None:
     assert cfg.model.num_layers == 4  # untouched keys keep the file's values
 
 
-def test_overrides_parse_nested() -> None:
-    assert parse_overrides(["a.b.c=3", "a.d=x"]) == {"a": {"b": {"c": 3}, "d": "x"}}
+def test_one_override_rule_for_strings_mappings_pairs_and_deletion() -> None:
+    tree = {"a": {"keep": 1}, "pair": [0.1, 0.2]}
+    assert apply_overrides(tree, ["a.b.c=3", "a.d=x"]) == {"a": {"keep": 1, "b": {"c": 3}, "d": "x"},
+                                                           "pair": [0.1, 0.2]}
+    assert tree == {"a": {"keep": 1}, "pair": [0.1, 0.2]}  # a copy: the input is untouched
+    assert apply_overrides(tree, {"pair.1": 0.5})["pair"] == [0.1, 0.5]
+    assert apply_overrides(tree, ["a.keep=null"]) == {"a": {"keep": None}, "pair": [0.1, 0.2]}
+    assert apply_overrides(tree, ["a.keep=null"], null_deletes=True) == {"a": {}, "pair": [0.1, 0.2]}
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
-        parse_overrides(["optim.lr"])
+        apply_overrides(tree, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"a\.nope: no such config key"):
+        apply_overrides(tree, {"a.nope": 1}, existing_only=True)
+    with pytest.raises(ConfigError, match="the pair has elements 0 to 1 only"):
+        apply_overrides(tree, {"pair.2": 1.0})
+
+
+def test_override_config_sets_existing_keys_and_validates_again() -> None:
+    cfg = load_config(CONFIGS / "tiny.yaml")
+    changed = override_config(cfg, {"masking.enc_mask_scale.0": 0.6, "objective.lambda_init": 0.3})
+    assert changed.masking.enc_mask_scale == (0.6, cfg.masking.enc_mask_scale[1])
+    assert changed.objective.lambda_init == 0.3 and cfg.objective.lambda_init == 0.5
+    with pytest.raises(ConfigError, match="no such config key"):
+        override_config(cfg, {"objective.lambda": 0.3})
+    with pytest.raises(ConfigError, match=r"masking\.enc_mask_scale=\(0\.9, 0\.85\): min must be <= max"):
+        override_config(cfg, {"masking.enc_mask_scale.0": 0.9})
 
 
 @pytest.mark.parametrize(

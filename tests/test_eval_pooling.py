@@ -71,8 +71,8 @@ def test_token_states_pad_back_to_the_stored_rows():
 def test_real_encoder_states_do_not_depend_on_batch_padding():
     model, tok = load_encoder(MINILM)
     short, long = "a fine film .", "an overlong , self-indulgent , occasionally charming mess of a movie " * 3
-    alone = encode(model, tok, [short], log=False)
-    together = encode(model, tok, [long, short], batch_size=2, log=False)  # short is padded here
+    alone = encode(model, tok, [short])
+    together = encode(model, tok, [long, short], batch_size=2)  # short is padded here
     np.testing.assert_allclose(together.states[together.offsets[1] :], alone.states, atol=1e-4)
     for name in ("cls", "mean", "max", "weighted"):
         np.testing.assert_allclose(pool_texts(together, name)[1], pool_texts(alone, name)[0], atol=1e-4)

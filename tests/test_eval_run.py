@@ -13,10 +13,8 @@ import torch
 
 from eval import compare as compare_cli
 from eval import run as run_cli
-from eval.report import write_run
 from eval.stats import compare
-from eval.suite import COLUMNS, SuiteConfig, SuiteResult, run_suite
-from harness import tracking
+from eval.suite import COLUMNS, SuiteConfig, SuiteResult, headline_metrics, result_metrics, run_suite
 from harness.config import load_config
 from models import export_encoder
 from objectives import PretrainModule, mask_plan
@@ -42,7 +40,7 @@ def minilm(glue_dir: Path, cache_dir: Path) -> SuiteResult:
 
 
 @pytest.fixture(scope="module")
-def tiny_project(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path, tokenizer, packed_ids) -> Path:
+def tiny_project(tmp_path_factory: pytest.TempPathFactory, tokenizer, packed_ids) -> Path:
     """A tiny encoder trained by this project (20 hybrid steps on real Wikipedia), exported as the harness does."""
     cfg = load_config(TINY, ["model.dropout=0.0"])
     torch.manual_seed(0)
@@ -56,7 +54,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, tokenizer_path: Path,
         loss.backward()
         optimizer.step()
         module.nets.update_target(0.99)
-    return export_encoder(module.nets.encoder, tmp_path_factory.mktemp("tiny") / "tiny-project", tokenizer_path)
+    return export_encoder(module.nets.encoder, tmp_path_factory.mktemp("tiny") / "tiny-project", tokenizer)
 
 
 def _value(results: pd.DataFrame, task: str, pooling: str, metric: str) -> float:
@@ -133,19 +131,17 @@ def test_cli_run_then_compare_flags_a_real_difference(
     assert np.allclose(self_tests["diff"], 0)
 
 
-def test_mlflow_gets_metrics_and_artifacts_when_a_run_is_active(
-    glue_dir: Path, tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
-    uri = tracking.default_uri(tmp_path)
-    cfg = SuiteConfig(tasks=("sst2",), poolings=("mean",), max_train=200, max_dev=200, n_boot=20,
-                      n_boot_spectral=5)
-    with tracking.training_run(uri, "eval-test", "tiny", {"suite": "eval"}) as run:
-        res = run_suite(tiny_project, glue_dir=glue_dir, cfg=cfg)
-        write_run(res.results, res.replicates, res.spectra, tmp_path / "out")
-    metrics = tracking.read_run(uri, run.run_id)["metrics"]
-    assert metrics["probe/sst2/mean/acc"] == pytest.approx(_value(res.results, "sst2", "mean", "acc"))
-    assert metrics["geom/sst2/mean/uniformity"] == pytest.approx(
-        _value(res.results, "sst2", "mean", "uniformity"))
-    assert len([k for k in metrics if k.startswith(("probe/", "geom/"))]) == len(res.results)
-    assert list(tmp_path.rglob("eval/results.csv"))  # the output folder was logged as an artifact
+def test_metrics_for_a_tracker_name_every_value_and_average_the_main_scores(minilm: SuiteResult):
+    res = minilm.results
+    metrics = result_metrics(res)
+    assert len(metrics) == len(res)
+    assert metrics["probe/sst2/mean/acc"] == _value(res, "sst2", "mean", "acc")
+    assert metrics["geom/stsb/attention/uniformity"] == _value(res, "stsb", "attention", "uniformity")
+    headline = headline_metrics(res)
+    main = [_value(res, "sst2", p, "acc") for p in CFG.poolings] + [_value(res, "stsb", p, "spearman")
+                                                                     for p in CFG.poolings]
+    assert headline["probe/mean_score"] == pytest.approx(np.mean(main))
+    assert headline["probe/mean_score/mean"] == pytest.approx(
+        (_value(res, "sst2", "mean", "acc") + _value(res, "stsb", "mean", "spearman")) / 2)
+    uniformity = res[(res.family == "geom") & (res.metric == "uniformity")].value
+    assert headline["geom/mean_uniformity"] == pytest.approx(uniformity.mean())

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from harness.config import Config, load_config
-from models import encode, encode_at, export_encoder, load_exported, momentum_at
-from objectives import OBJECTIVES, PretrainModule, get_objective, mask_plan
-from objectives.flops import measured_flops, shape_of, train_flops_per_step
+from models import encode, export_encoder, momentum_at
+from objectives import OBJECTIVES, PretrainModule, get_objective, mask_plan, train_flops_per_step
+from objectives.flops import measured_flops, shape_of
 from objectives.jepa import forward_target, gather_positions
 from objectives.masking import MaskedBatch, SpecialTokens, mask_batch
 
@@ -108,33 +108,6 @@ def test_gradients_reach_trained_parts_never_the_target(name: str, passes: int, 
         assert metrics["ctx_tgt_overlap"] == 0 and metrics["pred_erank"] > 1
 
 
-@pytest.mark.parametrize("padding", [False, True])
-def test_encode_at_equals_the_full_pass_gathered(padded_sentences, padding: bool) -> None:
-    """The last layer computed at chosen positions only (a position may repeat) == the full pass gathered there,
-    in value and in every parameter's gradient."""
-    ids, attn = padded_sentences
-    if not padding:
-        ids, attn = ids[:, :6], torch.ones_like(ids[:, :6])  # every sentence has >= 6 real tokens
-    torch.manual_seed(0)
-    encoder = PretrainModule(tiny()).nets.encoder.train()
-    positions = torch.stack([torch.randperm(int(n))[:4] for n in attn.sum(1)])
-    positions[:, -1] = positions[:, 0]
-
-    def grads(out: torch.Tensor) -> list[torch.Tensor]:
-        encoder.zero_grad()
-        out.square().sum().backward()
-        return [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
-
-    full = encode(encoder, ids, attn)
-    gathered = full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1]))
-    at = encode_at(encoder, ids, attn, positions)
-    torch.testing.assert_close(at, gathered, atol=1e-5, rtol=1e-5)
-    expected, got = grads(gathered), grads(at)
-    assert len(got) == len(expected) > 0
-    for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
-
-
 def test_target_is_the_ema_encoder_layer_normed_without_affine(packed_ids, tokenizer) -> None:
     cfg = tiny("jepa")
     module = PretrainModule(cfg)
@@ -225,16 +198,16 @@ def test_analytic_flops_within_ten_percent_of_the_counter(name: str, passes: int
     assert train_flops_per_step(cfg) == pytest.approx(measured, rel=0.10)  # expected mask sizes
 
 
-def test_export_reload_gives_identical_outputs(tmp_path: Path, padded_sentences, tokenizer_path: Path) -> None:
-    ids, attn = padded_sentences
-    module = PretrainModule(tiny()).eval()
-    out = export_encoder(module.nets.encoder, tmp_path / "export", tokenizer_path)
-    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
-    reloaded = load_exported(out).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(encode(reloaded, ids, attn), encode(module.nets.encoder, ids, attn))
+def test_export_reload_gives_identical_outputs(tmp_path: Path, padded_sentences, tokenizer) -> None:
     from transformers import AutoModel, AutoTokenizer
 
+    ids, attn = padded_sentences
+    module = PretrainModule(tiny()).eval()
+    out = export_encoder(module.nets.encoder, tmp_path / "export", tokenizer)
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    reloaded = AutoModel.from_pretrained(out, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encode(reloaded, ids, attn), encode(module.nets.encoder, ids, attn))
     auto = AutoModel.from_pretrained(out)  # any HF tool reads it
     assert AutoTokenizer.from_pretrained(out).vocab_size == 30522
     with torch.no_grad():
@@ -257,3 +230,46 @@ def test_effective_rank_of_constructed_inputs() -> None:
     assert effective_rank(rank_one).item() == pytest.approx(1.0, abs=0.05)
     assert effective_rank(torch.eye(32)).item() == pytest.approx(32.0)
     assert torch.isnan(effective_rank(torch.full((8, 4), float("nan"))))
+
+
+@pytest.fixture
+def extra_objective():
+    """A small objective registered for one test: MLM on half the loss scale, with MLM's masks and FLOPs."""
+    from objectives import ObjectiveSpec, register_objective
+    from objectives.flops import mlm_matmuls
+    from objectives.masking import MaskPlan
+    from objectives.mlm import mlm_objective
+
+    def half_mlm(module: PretrainModule, batch: MaskedBatch, diagnostics: bool):
+        loss, metrics = mlm_objective(module, batch, diagnostics)
+        return 0.5 * loss, {**metrics, "loss": 0.5 * loss.detach()}
+
+    spec = register_objective(ObjectiveSpec("half_mlm", half_mlm, lambda o: MaskPlan(mlm=True, jepa=False),
+                                            mlm_matmuls))
+    yield spec
+    OBJECTIVES.pop(spec.name)
+
+
+def test_a_registered_objective_trains_through_train_step_and_counts_flops(extra_objective, packed_ids,
+                                                                          tokenizer) -> None:
+    from harness.pretrain import build_optimizer, train_step
+
+    with pytest.raises(ValueError, match="already registered"):
+        from objectives import register_objective
+
+        register_objective(extra_objective)
+    cfg = tiny("half_mlm")  # the config accepts the new name
+    module = PretrainModule(cfg)
+    assert module.nets.mlm_head is not None and module.nets.predictor is None and module.weighting is None
+    batch = masked(cfg, packed_ids(8, 64), tokenizer)
+    before = [p.detach().clone() for p in module.parameters()]
+    optimizer = build_optimizer(module, cfg)
+    loss, metrics = train_step(module, module, optimizer, batch, 1.0, 0.99, diagnostics=True)
+    assert torch.isfinite(loss) and "grad_norm" in metrics and "mlm_acc" in metrics
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+    def step() -> None:
+        module(batch)[0].backward()
+
+    assert train_flops_per_step(cfg) == train_flops_per_step(tiny("mlm"))  # its spec's FLOPs: MLM's
+    assert train_flops_per_step(cfg, shape_of(batch)) == pytest.approx(measured_flops(step), rel=0.10)

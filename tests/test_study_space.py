@@ -1,16 +1,16 @@
-"""Study building blocks that need no cluster: search spaces, trial configs, metric names, fronts, fits."""
+"""Search spaces, study files and trial parameters (harness.space), and the study modules' import direction:
+no cluster, no store."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 
 from harness.config import ConfigError, load_config
-from harness.study import apply_params, check_metrics, check_space, load_space, load_spec
-from harness.study_report import importances, markdown_table, pareto_front
+from harness.space import apply_params, check_space, load_space, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "studies" / "spaces" / "lambda_sweep.yaml"
@@ -40,11 +40,27 @@ def test_space_overrides_replace_and_drop_dimensions() -> None:
     assert space["optim.lr"].log and space["optim.lr"].low == pytest.approx(1e-4)
 
 
+def test_space_override_of_one_end_of_a_pair() -> None:
+    space = load_space(SPACE, ["masking.enc_mask_scale.0={float: [0.5, 0.6]}", "masking.pred_mask_scale.1=null"])
+    assert (space["masking.enc_mask_scale.0"].low, space["masking.enc_mask_scale.0"].high) == (0.5, 0.6)
+    assert space["masking.enc_mask_scale.1"].low == pytest.approx(0.75)  # the other end as shipped
+    assert "masking.pred_mask_scale.1" not in space and "masking.pred_mask_scale.0" in space
+
+
 def test_spec_overrides_replace_and_delete() -> None:
     spec = load_spec(REPO / "studies" / "spaces" / "scaling.yaml", ["token_budgets=[1000]", "sizes.d384=null"])
     assert spec["token_budgets"] == [1000] and set(spec["sizes"]) == {"d128", "d256"}
     spec = load_spec(REPO / "studies" / "spaces" / "scaling.yaml", ["sizes={d32: {model.hidden_size: 32}}"])
     assert spec["sizes"] == {"d32": {"model.hidden_size": 32}}  # a mapping value replaces, never merges
+
+
+def test_bad_study_files_and_overrides_are_named() -> None:
+    with pytest.raises(ConfigError, match="study file .*nowhere.yaml not found"):
+        load_spec(REPO / "studies" / "spaces" / "nowhere.yaml")
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_spec(SPACE, ["objective.passes"])
+    with pytest.raises(ConfigError, match="objective.passes.choice is not a mapping"):
+        load_spec(SPACE, ["objective.passes.choice.x=1"])
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -71,51 +87,29 @@ def test_apply_params_sets_pair_ends_and_refuses_shared_settings(base) -> None:
     assert cfg.objective.lambda_init == 0.3 and cfg.seed == 4
     with pytest.raises(ConfigError, match="no such config key"):
         apply_params(base, {"objective.lambda": 0.3})
+    with pytest.raises(ConfigError, match="the pair has elements 0 to 1 only"):
+        apply_params(base, {"masking.enc_mask_scale.2": 0.5})
     with pytest.raises(ConfigError, match="shared by all trials"):
         apply_params(base, {"data.seq_len": 32})
+    with pytest.raises(ConfigError, match="must lie in"):  # the result is validated
+        apply_params(base, {"objective.lambda_init": 1.5})
 
 
-def test_optimised_metric_must_be_one_a_trial_reports(base) -> None:
-    check_metrics(base)
-    for good in ("probe/sst2/mean/acc", "geom/stsb/attention/uniformity", "probe/mean_score/max", "val/loss_mlm"):
-        check_metrics(load_config(REPO / "studies" / "configs" / "tiny.yaml", [f"study.metric={good}"]))
-    bad = load_config(REPO / "studies" / "configs" / "tiny.yaml", ["study.metric=probe/qnli/mean/acc"])
-    with pytest.raises(ConfigError, match="study.metric='probe/qnli/mean/acc'"):
-        check_metrics(bad)
-    with pytest.raises(ConfigError, match="one mode"):
-        load_config(REPO / "studies" / "configs" / "tiny.yaml", ["study.metric=[probe/mean_score, val/loss_mlm]"])
+def _harness_imports(module: Path) -> set[str]:
+    """The harness modules `module` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] if node.module != "harness" else [f"harness.{a.name}" for a in node.names]
+        found.update(n.removeprefix("harness.") for n in names if n.startswith("harness."))
+    return found
 
 
-def test_pareto_front_keeps_exactly_the_non_dominated_trials() -> None:
-    table = pd.DataFrame({"label": list("abcde"), "score": [0.8, 0.7, 0.6, 0.8, 0.5],
-                          "uniformity": [-2.0, -3.0, -2.5, -1.0, -3.0]})
-    front = pareto_front(table, ("score", "uniformity"), ("max", "min"))
-    assert set(front["label"]) == {"a", "b"}  # c is beaten by b, d by a, e by b
-    assert markdown_table(front).splitlines()[0] == "| label | score | uniformity |"
-
-
-def test_importances_rank_the_parameter_that_drives_the_metric(base) -> None:
-    space = load_space(SPACE, ["objective.weighting=null", "objective.passes=null", "objective.ema_start=null",
-                               "objective.ema_end=null", "masking=null"])
-    lambdas = [0.1 + 0.05 * i for i in range(16)]
-    others = [0.95 + 0.003 * ((7 * i) % 16) for i in range(16)]  # a permutation: unrelated to the score
-    space = {**space, "objective.ema_start": optuna.distributions.FloatDistribution(0.95, 0.999)}
-    table = pd.DataFrame({"label": [f"t{i}" for i in range(16)], "outcome": ["finished"] * 16,
-                          "trial.objective.lambda_init": lambdas, "trial.objective.ema_start": others,
-                          "probe/mean_score": [0.5 + 0.4 * x for x in lambdas]})
-    found = importances(table, base, space)["probe/mean_score"]
-    assert set(found) == {"objective.lambda_init", "objective.ema_start"}
-    assert found["objective.lambda_init"] > 0.7 > found["objective.ema_start"]
-
-
-def test_bad_eval_names_and_paths_stop_a_study_before_any_work(base, tmp_path) -> None:
-    from harness.study import open_study
-
-    space = load_space(SPACE)
-    for overrides, message in ((["eval.tasks=[sst2, qnli]"], "eval: unknown task 'qnli'"),
-                               (["eval.poolings=[mean, median]"], "eval: unknown pooling median"),
-                               ([f"eval.glue_dir={tmp_path / 'nowhere'}"], "GLUE folder .* not found")):
-        cfg = load_config(REPO / "studies" / "configs" / "tiny.yaml", [*overrides, f"output_dir={tmp_path}"])
-        with pytest.raises((ConfigError, FileNotFoundError), match=message), open_study(cfg, space=space):
-            pass
-    assert not (tmp_path / "studies").exists() and not (tmp_path / "data").exists()  # nothing was written
+def test_study_modules_import_downward() -> None:
+    """space <- trial <- study and study_report <- study: none imports a module above it, lazily or not."""
+    imports = {name: _harness_imports(REPO / "harness" / f"{name}.py")
+               for name in ("space", "trial", "study_report", "study")}
+    assert imports["space"] <= {"config"}
+    assert not imports["trial"] & {"study", "study_report"}
+    assert not imports["study_report"] & {"study", "trial"}

@@ -1,0 +1,153 @@
+"""The masked stream: Ray Data draws every batch's masks; the training process only moves tensors and steps.
+
+    prepared token rows -> map_batches(mask_rows): a seeded local shuffle, cut into training batches, every
+    mask drawn (objectives.masking.mask_batch) -> ONE output row per training batch, fixed-shape columns
+    (index columns padded, their lengths beside them) -> streaming_split to the Train workers ->
+    device_batches: the one CPU -> device boundary (unpack on the CPU, pin on CUDA, one non-blocking copy).
+
+Masks are a pure function of (seed, epoch, batch identity), the identity being a hash of the batch's token ids,
+and the JEPA block scales are still drawn once per batch. The train stream is the prepared split once per epoch,
+concatenated in order (`union`, order preserved by the trainer's dataset config), and each row carries its epoch:
+with one worker the stream's order is fixed, so a resumed run that skips the batches its checkpoint consumed
+sees exactly the batches and masks of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from objectives.masking import MaskedBatch, MaskPlan, SpecialTokens, mask_batch
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from objectives.config import MaskingConfig
+
+STAT_PREFIX = "stat_"  # a column per mask statistic (objectives.masking's batch.stats)
+VAL_EPOCH = -1  # the held-out batches' masks: fixed, as if drawn in an epoch of their own
+SHUFFLE_BATCHES = 8  # the local shuffle mixes the rows of this many consecutive batches
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integer parts (seed, epoch, batch identity, ...)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x632BE59BD9B4E019 + (value << 6) + (value >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def content_key(ids: np.ndarray) -> int:
+    """A batch's identity: a hash of its token ids (independent of where or when it is masked)."""
+    return zlib.crc32(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+
+
+@dataclass(frozen=True)
+class MaskingStage:
+    """What the masking stage needs; pickled to Ray Data's map tasks."""
+
+    masking: MaskingConfig
+    plan: MaskPlan
+    specials: SpecialTokens
+    batch_size: int
+    seed: int
+
+
+def _pad(x: Tensor, length: int) -> np.ndarray:
+    """x padded with zeros along its last dimension to `length` (the length travels in its own column)."""
+    out = np.zeros((*x.shape[:-1], length), dtype=np.int64)
+    out[..., : x.shape[-1]] = x.numpy()
+    return out
+
+
+def pack(batch: MaskedBatch, epoch: int) -> dict[str, Any]:
+    """One masked batch -> one row of fixed-shape columns."""
+    rows, length = batch.input_ids.shape
+    row: dict[str, Any] = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy(),
+                           "epoch": epoch}
+    if batch.mlm_positions is not None:
+        row.update(mlm_input_ids=batch.mlm_input_ids.numpy(), mlm_count=batch.mlm_positions.numel(),
+                   mlm_positions=_pad(batch.mlm_positions, rows * length),
+                   mlm_labels=_pad(batch.mlm_labels, rows * length))
+    if batch.ctx_idx is not None:
+        row.update(ctx_idx=_pad(batch.ctx_idx, length), ctx_len=batch.ctx_idx.shape[-1],
+                   tgt_idx=_pad(batch.tgt_idx, length), tgt_len=batch.tgt_idx.shape[-1])
+    row.update({STAT_PREFIX + k: float(v) for k, v in batch.stats.items()})
+    return row
+
+
+def unpack(row: dict[str, Tensor]) -> tuple[MaskedBatch, int]:
+    """One row (as Ray Data's iter_torch_batches(batch_size=1) gives it) -> (the masked batch, its epoch)."""
+    r = {k: v[0] for k, v in row.items()}
+    batch = MaskedBatch(input_ids=r["input_ids"], attention_mask=r["attention_mask"],
+                        stats={k.removeprefix(STAT_PREFIX): float(v) for k, v in r.items()
+                               if k.startswith(STAT_PREFIX)})
+    if "mlm_count" in r:
+        count = int(r["mlm_count"])
+        batch.mlm_input_ids = r["mlm_input_ids"]
+        batch.mlm_positions, batch.mlm_labels = r["mlm_positions"][:count], r["mlm_labels"][:count]
+    if "ctx_len" in r:
+        batch.ctx_idx = r["ctx_idx"][:, : int(r["ctx_len"])].contiguous()
+        batch.tgt_idx = r["tgt_idx"][..., : int(r["tgt_len"])].contiguous()
+    return batch, int(r["epoch"])
+
+
+def mask_rows(rows: dict[str, np.ndarray], stage: MaskingStage, epoch: int) -> dict[str, np.ndarray]:
+    """Ray Data's map function: a chunk of token rows -> one masked row per full training batch (a chunk's tail
+    of fewer than batch_size rows is dropped, as drop_last would)."""
+    ids = rows["input_ids"]
+    ids = np.stack(list(ids)) if ids.dtype == object else ids  # a list column arrives as an array of arrays
+    ids = ids.astype(np.int64)
+    order = np.random.default_rng(derived_seed(stage.seed, epoch, content_key(ids))).permutation(len(ids))
+    ids = ids[order]
+    packed = []
+    for start in range(0, len(ids) - stage.batch_size + 1, stage.batch_size):
+        part = ids[start: start + stage.batch_size]
+        generator = torch.Generator().manual_seed(derived_seed(stage.seed, epoch, content_key(part)))
+        tokens = torch.from_numpy(part)
+        packed.append(pack(mask_batch(tokens, torch.ones_like(tokens), stage.plan, stage.masking, stage.specials,
+                                      generator), epoch))
+    if not packed:
+        return {}
+    return {key: np.stack([np.asarray(p[key]) for p in packed]) for key in packed[0]}
+
+
+def epochs_needed(max_steps: int, batch_size: int, workers: int, train_sequences: int) -> int:
+    """Epochs of the train split that `max_steps` steps of every worker can consume, plus one for the rows the
+    batching drops and the streaming split's uneven shares."""
+    return math.ceil(max_steps * batch_size * workers / max(train_sequences, 1)) + 1
+
+
+def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, epochs: int
+                    ) -> dict[str, ray.data.Dataset]:
+    """{"train": `epochs` passes over the train split, masked; "val": the held-out split, masked once}."""
+    chunk = stage.batch_size * SHUFFLE_BATCHES
+
+    def masked(dataset: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
+        return dataset.map_batches(mask_rows, batch_size=chunk, batch_format="numpy",
+                                   fn_kwargs={"stage": stage, "epoch": epoch})
+
+    train = [masked(prepared["train"], epoch) for epoch in range(epochs)]
+    return {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0],
+            "val": masked(prepared["val"], VAL_EPOCH)}
+
+
+def device_batches(shard: ray.data.DataIterator, device: torch.device, prefetch_batches: int = 2
+                   ) -> Iterator[tuple[MaskedBatch, int]]:
+    """(batch on `device`, its epoch) for each masked row of a worker's shard: the ONE CPU -> device boundary.
+
+    Ray Data would move tensors to the Train worker's GPU itself (iter_torch_batches' device="auto"); here they
+    stay on the CPU until the whole batch is unpacked, are pinned on CUDA, and then cross in one non-blocking
+    copy that overlaps the previous step's compute."""
+    for row in shard.iter_torch_batches(batch_size=1, device="cpu", prefetch_batches=prefetch_batches):
+        batch, epoch = unpack(row)
+        if device.type == "cuda":
+            batch = batch.pin_memory()
+        yield batch.to(device, non_blocking=True), epoch

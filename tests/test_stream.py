@@ -1,0 +1,85 @@
+"""The masked stream: Ray Data draws the masks (a pure function of seed, epoch and batch identity), and one
+boundary moves each batch from the CPU to the device."""
+
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.config import load_config
+from harness.stream import MaskingStage, content_key, derived_seed, device_batches, mask_rows, masked_datasets, unpack
+from objectives import mask_plan
+from objectives.masking import MaskedBatch, SpecialTokens, mask_batch
+
+TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
+BATCH = 8
+
+
+def stage_for(tokenizer, objective: str = "hybrid", passes: int = 2) -> MaskingStage:
+    cfg = load_config(TINY, [f"objective.name={objective}", f"objective.passes={passes}"])
+    return MaskingStage(cfg.masking, mask_plan(cfg), SpecialTokens.from_tokenizer(tokenizer), BATCH, cfg.seed)
+
+
+def rows_of(masked: dict[str, np.ndarray]) -> list[MaskedBatch]:
+    n = len(masked["epoch"])
+    return [unpack({k: torch.from_numpy(np.asarray(v[i: i + 1])) for k, v in masked.items()})[0] for i in range(n)]
+
+
+def assert_same(a: MaskedBatch, b: MaskedBatch) -> None:
+    for f in fields(MaskedBatch):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f.name
+        else:
+            assert x == y, f.name
+
+
+@pytest.mark.parametrize(("objective", "passes"), [("mlm", 2), ("jepa", 2), ("hybrid", 1), ("hybrid", 2)])
+def test_each_row_is_mask_batch_of_its_rows_with_the_seed_of_its_identity(objective, passes, packed_ids,
+                                                                          tokenizer) -> None:
+    stage = stage_for(tokenizer, objective, passes)
+    ids = packed_ids(4 * BATCH + 3, 64).numpy()  # 3 rows too few for a fifth batch: dropped
+    masked = mask_rows({"input_ids": ids}, stage, epoch=2)
+    batches = rows_of(masked)
+    assert len(batches) == 4 and set(masked["epoch"]) == {2}
+    seen = []
+    for batch in batches:
+        tokens = batch.input_ids
+        generator = torch.Generator().manual_seed(derived_seed(stage.seed, 2, content_key(tokens.numpy())))
+        expected = mask_batch(tokens, torch.ones_like(tokens), stage.plan, stage.masking, stage.specials, generator)
+        assert_same(batch, expected)
+        seen += [tuple(r) for r in tokens.tolist()]
+    assert len(set(seen)) == len(seen) and set(seen) <= {tuple(r) for r in ids.tolist()}  # a shuffle, no repeats
+
+
+def test_masks_depend_on_seed_epoch_and_content_only(packed_ids, tokenizer) -> None:
+    stage = stage_for(tokenizer)
+    ids = packed_ids(2 * BATCH, 64).numpy()
+    first, again = rows_of(mask_rows({"input_ids": ids}, stage, 0)), rows_of(mask_rows({"input_ids": ids}, stage, 0))
+    for a, b in zip(first, again, strict=True):
+        assert_same(a, b)
+    other_epoch = rows_of(mask_rows({"input_ids": ids}, stage, 1))
+    assert any(not torch.equal(a.mlm_positions, b.mlm_positions) for a, b in zip(first, other_epoch, strict=True))
+
+
+def test_device_batches_cross_once_from_cpu_to_the_device(ray_session, packed_ids, tokenizer) -> None:
+    """Through real Ray Data: two epochs in order, each batch unpacked on the CPU, then every tensor moved to the
+    device (the meta device stands in for a GPU here: nothing may stay behind on the CPU)."""
+    import ray.data
+
+    stage = stage_for(tokenizer)
+    ids = packed_ids(4 * BATCH, 64).numpy().astype(np.int32)
+    rows = ray.data.from_items([{"input_ids": r} for r in ids])
+    datasets = masked_datasets({"train": rows, "val": rows}, stage, epochs=2)
+    datasets["train"].context.execution_options.preserve_order = True
+    on_cpu = list(device_batches(datasets["train"].iterator(), torch.device("cpu")))
+    assert [e for _, e in on_cpu] == [0] * 4 + [1] * 4
+    direct = rows_of(mask_rows({"input_ids": ids}, stage, 0))
+    for got, expected in zip([b for b, _ in on_cpu[:4]], direct, strict=True):
+        assert_same(got, expected)
+    for batch, _ in device_batches(datasets["val"].iterator(), torch.device("meta")):
+        tensors = [getattr(batch, f.name) for f in fields(MaskedBatch)]
+        assert all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor))
+        assert batch.ctx_idx.shape[0] == BATCH and batch.stats["ctx_tgt_overlap"] == 0

@@ -1,0 +1,70 @@
+"""What a study checks before any work (harness.study, harness.trial): metric names, eval names and paths,
+grids, and the fingerprint that lets a study resume. No cluster, no store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import ConfigError, load_config
+from harness.space import load_space
+from harness.study import differences, fingerprint, open_study
+from harness.trial import TrialSpec, check_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "studies" / "configs" / "tiny.yaml"
+SPACE = REPO / "studies" / "spaces" / "lambda_sweep.yaml"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_config(TINY)
+
+
+def test_optimised_metric_must_be_one_a_trial_reports(base) -> None:
+    check_metrics(base)
+    for good in ("probe/sst2/mean/acc", "geom/stsb/attention/uniformity", "probe/mean_score/max", "val/loss_mlm"):
+        check_metrics(load_config(TINY, [f"study.metric={good}"]))
+    bad = load_config(TINY, ["study.metric=probe/qnli/mean/acc"])
+    with pytest.raises(ConfigError, match="study.metric='probe/qnli/mean/acc'"):
+        check_metrics(bad)
+    with pytest.raises(ConfigError, match="one mode"):
+        load_config(TINY, ["study.metric=[probe/mean_score, val/loss_mlm]"])
+
+
+def test_bad_eval_names_and_paths_stop_a_study_before_any_work(tmp_path: Path) -> None:
+    space = load_space(SPACE)
+    for overrides, message in ((["eval.tasks=[sst2, qnli]"], "eval: unknown task 'qnli'"),
+                               (["eval.poolings=[mean, median]"], "eval: unknown pooling median"),
+                               ([f"eval.glue_dir={tmp_path / 'nowhere'}"], "GLUE folder .* not found")):
+        cfg = load_config(TINY, [*overrides, f"output_dir={tmp_path}"])
+        with pytest.raises((ConfigError, FileNotFoundError), match=message), open_study(cfg, space=space):
+            pass
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "data").exists()  # nothing was written
+
+
+def test_bad_grids_stop_a_study_before_any_work(tmp_path: Path) -> None:
+    cfg = load_config(TINY, [f"output_dir={tmp_path}"])
+    for grid, message in (([TrialSpec("a", {"seed": 1}), TrialSpec("a", {"seed": 2})], "distinct labels"),
+                          ([TrialSpec("a", {"eval.n_boot": 10})], "shared by all trials"),
+                          ([TrialSpec("a", {"optim.learning_rate": 1e-3})], "no such config key")):
+        with pytest.raises(ConfigError, match=message), open_study(cfg, grid=grid):
+            pass
+    with pytest.raises(ValueError, match="not both or neither"), open_study(cfg):
+        pass
+    assert not (tmp_path / "studies").exists()
+
+
+def test_fingerprint_ignores_resources_and_names_what_differs(base) -> None:
+    space = load_space(SPACE)
+    resources = load_config(TINY, ["study.max_concurrent=4", "train.cpus_per_worker=0.5", "eval.cpus=3"])
+    assert fingerprint(resources, space, None) == fingerprint(base, space, None)  # may resume on another cluster
+    other = fingerprint(load_config(TINY, ["optim.batch_size=4"]), load_space(SPACE, ["masking=null"]), None)
+    found = differences(fingerprint(base, space, None), other)
+    assert f"config.optim.batch_size: was {base.optim.batch_size}, now 4" in found
+    assert any(d.startswith("space.masking.enc_mask_scale.0: was ") and d.endswith("now None") for d in found)
+    grid = [TrialSpec("a", {"seed": 1})]
+    assert differences(fingerprint(base, None, grid), fingerprint(base, None, [TrialSpec("a", {"seed": 2})])) == \
+        ["grid: was [{'label': 'a', 'overrides': {'seed': 1}, 'group': None}], "
+         "now [{'label': 'a', 'overrides': {'seed': 2}, 'group': None}]"]
