@@ -201,16 +201,19 @@ class IntervalTimer:
 def train_step(model: torch.nn.Module, module: PretrainModule, optimizer: torch.optim.Optimizer,
                batch: MaskedBatch, grad_clip: float, momentum: float, diagnostics: bool
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-    """One optimisation step: the objective's forward (bf16 autocast on GPU), backward, gradient clipping,
-    AdamW, EMA target update. `model` runs the forward (DDP and/or compiled); `module` is the bare
-    PretrainModule under it. Returns the loss and the metrics with the gradient norm; nothing syncs."""
+    """One optimisation step: the objective's forward (bf16 autocast on GPU), backward, gradient clipping of the
+    networks' parameters (never the loss weighting's), AdamW, EMA target update. `model` runs the forward (DDP
+    and/or compiled); `module` is the bare PretrainModule under it. Returns the loss and the metrics with the
+    networks' gradient norm; nothing syncs."""
     device = batch.input_ids.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         loss, metrics = model(batch, diagnostics=diagnostics)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
-    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm, foreach=True)
+    # The networks only: at initialisation |dL/dw| of a learned λ is about the whole network's gradient norm, so
+    # counting it would make the networks' clip factor depend on the loss gap.
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.network_parameters(), max_norm, foreach=True)
     optimizer.step()
     module.nets.update_target(momentum)
     return loss, {**metrics, "grad_norm": grad_norm}

@@ -87,6 +87,10 @@ class PretrainModule(nn.Module):
         loss, metrics = self.objective(self, batch, diagnostics)
         return loss, {**metrics, **batch.stats}
 
+    def network_parameters(self) -> list[nn.Parameter]:
+        """The networks' trained parameters: everything but the loss weighting's (what gradient clipping sees)."""
+        return [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("weighting.")]
+
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on matrices; none on biases, norms and the loss-weighting parameters."""
         decay, no_decay = [], []

@@ -273,3 +273,30 @@ def test_a_registered_objective_trains_through_train_step_and_counts_flops(extra
 
     assert train_flops_per_step(cfg) == train_flops_per_step(tiny("mlm"))  # its spec's FLOPs: MLM's
     assert train_flops_per_step(cfg, shape_of(batch)) == pytest.approx(measured_flops(step), rel=0.10)
+
+
+def test_gradient_clipping_sees_the_networks_never_the_loss_weighting(packed_ids, tokenizer) -> None:
+    """train_step clips (and reports the norm of) the networks' gradients only; λ's parameter keeps its raw
+    gradient, so the networks' clip factor cannot depend on the gap between the two losses."""
+    from harness.pretrain import build_optimizer, train_step
+
+    cfg = tiny("hybrid", 2)
+    batch = masked(cfg, packed_ids(8, 64), tokenizer)
+    torch.manual_seed(0)
+    reference = PretrainModule(cfg)
+    reference(batch)[0].backward()
+    raw_w_grad = reference.weighting.w.grad.clone()
+    network_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.network_parameters()
+                                                         if p.grad is not None]))
+    assert raw_w_grad.abs() > 0 and "weighting.w" not in {n for n, p in reference.named_parameters()
+                                                          if any(p is q for q in reference.network_parameters())}
+
+    torch.manual_seed(0)
+    module = PretrainModule(cfg)
+    _, metrics = train_step(module, module, build_optimizer(module, cfg), batch, grad_clip=1e-3, momentum=0.99,
+                            diagnostics=False)
+    assert metrics["grad_norm"].item() == pytest.approx(network_norm.item(), rel=1e-4)
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.network_parameters()
+                                                    if p.grad is not None]))
+    assert clipped.item() == pytest.approx(1e-3, rel=1e-3)
+    torch.testing.assert_close(module.weighting.w.grad, raw_w_grad)  # untouched by the clip
