@@ -28,6 +28,7 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.train import UserCallback
 from ray.tune import Callback
@@ -107,8 +108,7 @@ def training_run(uri: str, experiment: str, run_name: str, config: dict[str, Any
                  run_id: str | None = None) -> Iterator[RunHandle]:
     """Open a run (nested under `parent_run_id` if given; or reopen `run_id`) and log the config.
     An exception ends it FAILED; Ctrl-C, or Tune stopping a trial (SystemExit in its thread), KILLED."""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    use_experiment(uri, experiment)
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
     else:
@@ -124,6 +124,38 @@ def training_run(uri: str, experiment: str, run_name: str, config: dict[str, Any
         raise
     finally:
         mlflow.end_run(status=handle.status)
+
+
+# MLflow 3's UI opens an experiment on its GenAI pages unless this tag says it holds model-training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite store (`<its dir>/mlartifacts`, i.e. under the
+    output dir by default); None for a server, which decides itself (`mlflow server --artifacts-destination`).
+    MLflow's own default would be ./mlruns of the current directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def use_experiment(uri: str, name: str) -> str:
+    """Make `name` the active experiment, creating it with its artifacts under the store's folder and the tag
+    that opens it on its training runs in the UI; returns its id."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=artifact_root(uri), tags=EXPERIMENT_KIND)
+        except MlflowException:  # created meanwhile by a concurrent trial
+            experiment_id = client.get_experiment_by_name(name).experiment_id
+    else:
+        experiment_id = found.experiment_id
+        if found.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def find_run(uri: str, experiment: str, tags: Mapping[str, str]) -> str | None:
