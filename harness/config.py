@@ -88,7 +88,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_every: int = 100  # steps between checkpoints (0: only the final one)
     keep_checkpoints: int = 2
-    max_failures: int = 0  # worker failures to recover from (restores the last checkpoint)
+    max_failures: int = 2  # worker failures to recover from (each restarts from the last checkpoint)
     controller_failure_limit: int = 3  # Ray's default (-1) retries worker start-up forever
     compile: bool | None = None  # torch.compile the training module; None: on for CUDA, off on CPU
     peak_flops: float | None = None  # per worker, for MFU; None: known GPU peak, or a measured CPU matmul peak

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
+import json
 import logging
 import math
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -462,14 +466,39 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
             "checkpoint": result.checkpoint.path, "encoder": str(encoder)}
 
 
-def run_pretraining(cfg: Config, run_name: str | None = None,
+RUN_KEY_TAG = "config_key"  # a run's identity for resuming on rerun
+
+
+def config_key(cfg: Config) -> str:
+    """A hash of the config without what a rerun may change (resources, recovery): the same command, or the same
+    config with other resources, finds its interrupted run again."""
+    tree = cfg.to_dict()
+    for key in ("cpus_per_worker", "torch_threads", "max_failures", "controller_failure_limit"):
+        tree["train"].pop(key)
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_pretraining(cfg: Config, run_name: str | None = None, fresh: bool = False,
                     step_hook: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
-    """One pre-training run: prepare, train on Ray under its own MLflow run, export, summarise."""
+    """One pre-training run: prepare, train on Ray under its own MLflow run, export, summarise.
+
+    A run of the same config (and name, if given) that was interrupted (Ctrl-C, a crash, a reboot) is continued
+    from its last checkpoint under the same MLflow run, as a rerun of the same command expects; `fresh` starts a
+    new run instead."""
     prepared = prepare_run(cfg)
     cfg = prepared.cfg
     output = resolve_path(cfg.output_dir)
+    key = config_key(cfg)
+    tags = {RUN_KEY_TAG: key, **({"mlflow.runName": run_name} if run_name else {})}
+    previous = None if fresh else tracking.find_unfinished_run(prepared.tracking_uri, cfg.tracking.experiment, tags)
+    run_id = None
+    if previous is not None:
+        run_id, run_name, status = previous
+        logger.info("continuing run %s (%s, MLflow run %s) from its last checkpoint; pass --fresh to start over",
+                    run_name, status.lower(), run_id)
     run_name = run_name or f"{cfg.objective.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with tracking.training_run(prepared.tracking_uri, cfg.tracking.experiment, run_name, cfg.to_dict()) as run:
+    with tracking.training_run(prepared.tracking_uri, cfg.tracking.experiment, run_name, cfg.to_dict(),
+                               tags={RUN_KEY_TAG: key}, run_id=run_id) as run:
         return train(cfg, prepared, run, run_name, output / "runs" / run_name, output / "ray_results",
                      step_hook=step_hook)
 
@@ -478,10 +507,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config, e.g. studies/configs/small.yaml")
     parser.add_argument("--name", default=None, help="run name (default: <objective>-<time>)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new run even if an interrupted run of this config can be continued")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.num_workers=2")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    summary = run_pretraining(load_config(args.config, args.overrides), run_name=args.name)
+    try:
+        summary = run_pretraining(load_config(args.config, args.overrides), run_name=args.name, fresh=args.fresh)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run and Ray's get raises SystemExit
+        command = shlex.join(["python", "-m", "harness.pretrain", *(sys.argv[1:] if argv is None else argv)])
+        print(f"interrupted; the run continues from its last checkpoint when you run the same command again:\n"
+              f"  {command}", file=sys.stderr)
+        return 130
     print("\n".join(f"{k:>22}: {v}" for k, v in summary.items()))
     return 0 if summary["outcome"] == "finished" else 1
 

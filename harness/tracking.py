@@ -170,6 +170,22 @@ def find_run(uri: str, experiment: str, tags: Mapping[str, str]) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def find_unfinished_run(uri: str, experiment: str, tags: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(run id, run name, status) of the newest run of `experiment` with all `tags` that did not end on its own:
+    interrupted (KILLED), crashed (FAILED without an `outcome` tag) or cut off (still RUNNING after a reboot);
+    None if there is none."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    for run in client.search_runs([found.experiment_id], filter_string=query, max_results=20,
+                                  order_by=["attributes.start_time DESC"]):
+        if run.info.status != "FINISHED" and "outcome" not in run.data.tags:
+            return run.info.run_id, run.info.run_name, run.info.status
+    return None
+
+
 def child_runs(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
     """Every child of a parent run: run_id, name, status, tags, params, metrics (latest values)."""
     client = MlflowClient(uri)

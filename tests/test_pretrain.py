@@ -61,10 +61,11 @@ def test_two_workers_train_and_losses_fall(out: Path, objective: str, passes: in
 
 
 def test_worker_failure_resumes_from_the_last_checkpoint(out: Path) -> None:
-    """Hybrid with two passes on 2 workers; the last worker raises once at step 16."""
+    """Hybrid with two passes on 2 workers and the default config's recovery; the last worker raises once at
+    step 16."""
     summary = run(out, "fault", "objective.name=hybrid", "objective.passes=2", "train.num_workers=2",
                   "optim.max_steps=30", "train.log_every=5", "train.checkpoint_every=10", "train.eval_every=15",
-                  "train.max_failures=1", step_hook=FailOnceAt(16, out / "fault_injected"))
+                  step_hook=FailOnceAt(16, out / "fault_injected"))  # the default train.max_failures
     assert summary["steps"] == 30
     assert (out / "fault_injected").exists()
     steps = [s for s, _ in history(summary, "train/loss")]
