@@ -42,7 +42,7 @@ from ray.train import UserCallback
 
 from eval.quick import quick_probe
 from harness import tracking
-from harness.config import Config, config_from_dict, load_config, resolve_location, resolve_path
+from harness.config import Config, ConfigError, config_from_dict, load_config, resolve_location, resolve_path
 from harness.launch import build_trainer
 from harness.perf import peak_flops
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
@@ -412,9 +412,9 @@ def prepare_run(cfg: Config) -> PreparedRun:
     tracking.check_reachable(uri)
     if cfg.train.resume_from:
         check_compatible(read_checkpoint(cfg.train.resume_from)["config"], cfg)
+    data_dir = prepare(data_cfg, output / "data")  # checks the source before any Ray work; a cache hit is free
     if not ray.is_initialized():
         ray.init()  # inside `ray job submit`, RAY_ADDRESS points at the cluster
-    data_dir = prepare(data_cfg, output / "data")
     return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, tokenizer, uri)
 
 
@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run_pretraining(load_config(args.config, args.overrides), run_name=args.name, fresh=args.fresh)
+    except (ConfigError, FileNotFoundError, tracking.TrackingError) as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run and Ray's get raises SystemExit
         command = shlex.join(["python", "-m", "harness.pretrain", *(sys.argv[1:] if argv is None else argv)])
         print(f"interrupted; the run continues from its last checkpoint when you run the same command again:\n"

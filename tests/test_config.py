@@ -107,3 +107,25 @@ def test_config_is_frozen_and_round_trips() -> None:
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("optim:\n  lr: [1e-3\nmodel: {}\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: line \d+, column \d+: YAML syntax error"):
+        load_config(bad)
+
+
+def test_the_pretrain_cli_reports_bad_input_in_one_line_with_status_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for args, fragment in ((["optim.lr=-1"], "optim.lr=-1.0: must be > 0"),
+                           ([f"data.source={tmp_path}/nowhere"], "nowhere")):
+        done = subprocess.run([sys.executable, "-m", "harness.pretrain", "--config", str(CONFIGS / "tiny.yaml"),
+                               f"output_dir={tmp_path}", *args], capture_output=True, text=True,
+                              cwd=CONFIGS.parents[1])
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and "Started a local Ray instance" not in done.stderr
