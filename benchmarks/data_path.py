@@ -5,9 +5,10 @@
 1. For each document count: the fast tokenizer's raw batch throughput in this process (batches of 256,
    no special tokens) and `prepare()` end to end into a fresh cache (read, tokenise in Ray Data actors,
    pack, write), interleaved over rounds; tokens/s of text tokens, and the ratio prepare / raw.
-2. Streaming: the rate at which `read_prepared(...)["train"].iter_torch_batches` (the Train loop's
-   iterator settings) delivers batches to a consumer that does nothing, against the rate at which an MLM
-   training step of the config consumes them (measured in this process).
+2. Streaming: the rate at which the masked stream a Train worker reads (harness.stream: the prepared train split,
+   every batch's masks drawn in Ray Data's map tasks, one row per batch, unpacked by device_batches) delivers
+   batches to a consumer that does nothing, for the masks of mlm and of hybrid (passes 2), against the rate at
+   which that objective's training step consumes them (benchmarks.step_mfu's step, measured in this process).
 Ray is started once (num_cpus = this machine's cores) before the timings.
 """
 
@@ -24,9 +25,14 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from benchmarks.step_mfu import Runner, real_batch
+from benchmarks.step_mfu import Runner, masked_batches, real_rows
 from harness.config import load_config, resolve_location
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
+from harness.stream import MaskingStage, device_batches, masked_datasets
+from objectives import mask_plan
+from objectives.masking import SpecialTokens
+
+STREAMED = {"mlm": ["objective.name=mlm"], "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"]}
 
 
 def raw_rate(tokenizer, texts: list[str]) -> float:
@@ -44,18 +50,30 @@ def prepare_rate(data_cfg, cache: Path) -> float:
     return sum(c["tokens"] for c in counts.values()) / elapsed
 
 
-def delivery_rate(prepared: Path, batch_size: int, batches: int) -> float:
-    train = read_prepared(prepared)["train"]
-    iterator = iter(train.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2,
-                                             local_shuffle_buffer_size=8 * batch_size, local_shuffle_seed=0))
+def delivery_rate(prepared: Path, cfg, specials: SpecialTokens, batches: int) -> float:
+    """Tokens/s of masked batches as a worker's loop receives them (harness.stream.device_batches on the CPU)."""
+    stage = MaskingStage(cfg.masking, mask_plan(cfg), specials, cfg.optim.batch_size, cfg.seed)
+    train = masked_datasets(read_prepared(prepared), stage, epochs=1)["train"]
+    iterator = device_batches(train.iterator(), torch.device("cpu"))
     next(iterator)  # the read has started
-    start, rows = time.perf_counter(), 0
+    start, tokens = time.perf_counter(), 0
     for _ in range(batches):
-        batch = next(iterator, None)
-        if batch is None:
+        item = next(iterator, None)
+        if item is None:
             break
-        rows += len(batch["input_ids"])
-    return rows * batch["input_ids"].shape[1] / (time.perf_counter() - start)
+        tokens += item[0].input_ids.numel()
+    return tokens / (time.perf_counter() - start)
+
+
+def consumption_rate(name: str, cfg, steps: int = 4) -> float:
+    """Tokens/s that the objective's training step consumes (benchmarks.step_mfu's step, this process)."""
+    ids, specials = real_rows(cfg, 4 * cfg.optim.batch_size)
+    runner = Runner(name, cfg, masked_batches(cfg, ids, specials))
+    runner.step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.step()
+    return steps * ids.shape[1] * cfg.optim.batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -87,19 +105,19 @@ def main() -> None:
               f"{statistics.median(preps) / statistics.median(raws):.2f} |", flush=True)
         last_prepared = n
 
+    specials = SpecialTokens.from_tokenizer(tokenizer)
+    configs = {name: load_config(args.config, overrides) for name, overrides in STREAMED.items()}
     with tempfile.TemporaryDirectory(prefix="bench_stream_") as cache:
         prepared = prepare(dataclasses.replace(data_cfg, max_documents=last_prepared), Path(cache))
-        delivered = statistics.median(delivery_rate(prepared, cfg.optim.batch_size, 40) for _ in range(args.rounds))
+        delivered = {name: statistics.median(delivery_rate(prepared, c, specials, 40) for _ in range(args.rounds))
+                     for name, c in configs.items()}
     torch.set_num_threads(args.threads)
-    ids, specials = real_batch(cfg)
-    runner = Runner("mlm", load_config(args.config, ["objective.name=mlm"]), ids, specials)
-    runner.step()
-    start = time.perf_counter()
-    for _ in range(4):
-        runner.step()
-    consumed = 4 * ids.numel() / (time.perf_counter() - start)
-    print(f"\nstreaming delivery {delivered:,.0f} tokens/s vs MLM step consumption {consumed:,.0f} tokens/s "
-          f"({args.threads} threads): delivery / consumption = {delivered / consumed:.1f}")
+    print(f"\n| masks of | streamed delivery tokens/s | step consumption tokens/s ({args.threads} threads) | "
+          "delivery / consumption |")
+    print("|---|---|---|---|")
+    for name, c in configs.items():
+        consumed = consumption_rate(name, c)
+        print(f"| {name} | {delivered[name]:,.0f} | {consumed:,.0f} | {delivered[name] / consumed:.1f} |")
 
 
 if __name__ == "__main__":

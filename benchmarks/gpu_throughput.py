@@ -1,86 +1,107 @@
 """GPU training-step throughput of base.yaml: tokens/s and MFU against the bf16 dense peak (989 TFLOP/s on H100).
 
-    python -m benchmarks.gpu_throughput [--config studies/configs/base.yaml] [--steps 20] [--rounds 3] [--compile]
+    python -m benchmarks.gpu_throughput [--config studies/configs/base.yaml] [--steps 20] [--rounds 3] [--no-compile]
 
-The step is the Ray loop's (harness.pretrain.train_step): masks drawn on the CPU per batch, pinned memory and
-non-blocking copies, bf16 autocast, TF32 matmuls, SDPA (flash kernels on GPU), the MLM head on masked positions
-only, fused AdamW, metrics left on the device (one sync per timed block). mlm and hybrid (passes 1 and 2) are
-interleaved over rounds; medians are reported. Needs a CUDA device.
+The step is the Ray loop's: harness.pretrain.train_step (bf16 autocast, the MLM head on masked positions only,
+fused AdamW, the EMA update, metrics left on the device) on batches whose masks were drawn beforehand on the CPU
+as the data pipeline draws them (harness.stream's masking stage), each pinned and copied to the GPU without
+blocking, as harness.stream.device_batches does. TF32 matmuls, SDPA's GPU kernels. The forward is compiled
+like the training loop's (torch.compile(module, dynamic=True), on by default for CUDA; --no-compile: eager),
+compiled during the untimed warm-up. mlm and hybrid (passes 1 and 2) are interleaved over rounds, each round
+timed with CUDA events around `steps` steps (one sync per timed block); medians are reported. Needs a CUDA
+device: without one it stops after checking its arguments and configs.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections import defaultdict
 
 import torch
 
-from benchmarks.step_mfu import real_batch
+from benchmarks.step_mfu import masked_batches, real_rows
 from harness.config import load_config
 from harness.perf import peak_flops
-from harness.pretrain import build_optimizer, train_step
-from objectives import PretrainModule, mask_plan
-from objectives.flops import train_flops_per_step
-from objectives.masking import mask_batch
+from harness.pretrain import build_optimizer, compile_enabled, ffn_gemm_shape, train_step
+from models import momentum_at
+from objectives import PretrainModule, train_flops_per_step
 
 VARIANTS = {"mlm": ["objective.name=mlm"], "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
             "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"]}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="studies/configs/base.yaml")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the training module")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compilation happens here)")
+    parser.add_argument("--batches", type=int, default=4, help="distinct masked batches each variant cycles through")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the forward (default: train.compile, which is on for CUDA)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.batch_size=128")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configs = {name: load_config(args.config, [*args.overrides, *VARIANTS[name]]) for name in args.variants}
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks.gpu_throughput needs a CUDA device")
+        raise SystemExit("benchmarks.gpu_throughput needs a CUDA device (arguments and configs are valid)")
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    base = load_config(args.config, args.overrides)
-    ids, specials = real_batch(base)
-    peak, source = peak_flops(base.train.peak_flops, device, (1, 1, 1))
+    base = next(iter(configs.values()))
+    ids, specials = real_rows(base, args.batches * base.optim.batch_size)
+    peak, source = peak_flops(base.train.peak_flops, device, ffn_gemm_shape(base))
     runs = {}
-    for name, overrides in VARIANTS.items():
-        cfg = load_config(args.config, [*args.overrides, *overrides])
+    for name, cfg in configs.items():
+        if args.compile is not None:
+            cfg = load_config(args.config, [*args.overrides, *VARIANTS[name], f"train.compile={args.compile}"])
         torch.manual_seed(0)
         module = PretrainModule(cfg).to(device).train()
-        step_fn = torch.compile(module, dynamic=True) if args.compile else module
-        runs[name] = (cfg, module, step_fn, build_optimizer(module, cfg))
+        compiled = compile_enabled(cfg, device)
+        forward = torch.compile(module, dynamic=True) if compiled else module
+        batches = masked_batches(cfg, ids, specials)  # on the CPU, as the data pipeline delivers them
+        runs[name] = (cfg, module, forward, build_optimizer(module, cfg), batches, compiled)
 
-    def run_steps(name: str, steps: int) -> float:
-        cfg, module, step_fn, optimizer = runs[name]
+    def run_steps(name: str, steps: int, first: int) -> float:
+        cfg, module, forward, optimizer, batches, _ = runs[name]
+        o = cfg.optim
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for i in range(steps):
-            generator = torch.Generator().manual_seed(i)
-            batch = mask_batch(ids, torch.ones_like(ids), mask_plan(cfg), cfg.masking, specials, generator)
-            batch = batch.pin_memory().to(device, non_blocking=True)
-            train_step(step_fn, module, optimizer, batch, cfg.optim.grad_clip, momentum=0.999, diagnostics=False)
+        for i in range(first, first + steps):
+            batch = batches[i % len(batches)].pin_memory().to(device, non_blocking=True)
+            momentum = momentum_at(i, o.max_steps, cfg.objective.ema_start, cfg.objective.ema_end)
+            train_step(forward, module, optimizer, batch, o.grad_clip, momentum, diagnostics=False)
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1000 / steps
 
     for name in runs:
-        run_steps(name, 3)  # warm-up (and compilation)
+        start = time.perf_counter()
+        run_steps(name, args.warmup, 0)
+        print(f"{name}: warm-up ({args.warmup} steps, compile={runs[name][5]}) {time.perf_counter() - start:.1f}s",
+              flush=True)
     times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name in runs:
-            times[name].append(run_steps(name, args.steps))
+            times[name].append(run_steps(name, args.steps, args.warmup + r * args.steps))
     tokens = base.optim.batch_size * base.data.seq_len
-    print(f"{torch.cuda.get_device_name(device)}; peak {peak / 1e12:.0f} TFLOP/s ({source}); "
-          f"batch {base.optim.batch_size} x {base.data.seq_len}; compile={args.compile}")
-    print("| variant | step ms | tokens/s | TFLOP/step | TFLOP/s | MFU | step vs mlm |")
-    print("|---|---|---|---|---|---|---|")
-    ref = statistics.median(times["mlm"])
-    for name, (cfg, *_rest) in runs.items():
+    print(f"\n{torch.cuda.get_device_name(device)}; peak {peak / 1e12:.0f} TFLOP/s ({source}); batch "
+          f"{base.optim.batch_size} x {base.data.seq_len}; {args.rounds} rounds of {args.steps} steps; "
+          f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    print("| variant | compiled | step ms | tokens/s | TFLOP/step | TFLOP/s | MFU | step vs mlm |")
+    print("|---|---|---|---|---|---|---|---|")
+    ref = statistics.median(times["mlm"]) if "mlm" in times else None
+    for name, (cfg, *_rest, compiled) in runs.items():
         t, flops = statistics.median(times[name]), train_flops_per_step(cfg)
-        print(f"| {name} | {t * 1e3:.1f} | {tokens / t:.0f} | {flops / 1e12:.2f} | {flops / t / 1e12:.1f} | "
-              f"{flops / t / peak:.2f} | {t / ref:.2f} |")
+        vs = f"{t / ref:.2f}" if ref else "-"
+        print(f"| {name} | {compiled} | {t * 1e3:.1f} | {tokens / t:.0f} | {flops / 1e12:.2f} | "
+              f"{flops / t / 1e12:.1f} | {flops / t / peak:.2f} | {vs} |")
 
 
 if __name__ == "__main__":

@@ -1,33 +1,43 @@
-"""One training step on this CPU, in one process: MFU against the matmul rate at the model's own GEMM shapes,
-hybrid / MLM step ratios, and our MLM step against Hugging Face `BertForMaskedLM`.
+"""One training step on this CPU, in one process: model GFLOP/s, MFU against the matmul rate at the step's own
+GEMM shapes, hybrid / MLM step ratios, and our MLM step against Hugging Face `BertForMaskedLM`.
 
     python -m benchmarks.step_mfu [--config studies/configs/small.yaml] [--threads 2] [--rounds 5] [--steps 4]
-    python -m benchmarks.step_mfu --profile mlm        # torch.profiler table of one variant's steps
+    python -m benchmarks.step_mfu --compile ...          # add the torch.compile variants (minutes to compile)
+    python -m benchmarks.step_mfu --profile hybrid-p2    # torch.profiler table of one variant's steps
+    python -m benchmarks.step_mfu --count-flops --config studies/configs/tiny.yaml model.dropout=0.0 ...
+                                                         # analytic FLOPs vs torch's FlopCounterMode
 
-Variants (same encoder size, batch and real Wikipedia batch, AdamW, fp32):
-  mlm, hybrid-p1, hybrid-p2   what a Ray worker runs per step: the masks drawn as the loop draws them, then
-                              harness.pretrain.train_step (objective forward, backward, clip, fused AdamW, EMA)
-  mlm-before                  mlm without any issue-6 CPU change: torch's nn.Dropout, torch's SDPA (its math
-                              path under attention dropout), per-tensor AdamW, nn.Linear + F.cross_entropy,
-                              glibc malloc's defaults
-  mlm-torch-attention         mlm with torch's SDPA instead of models.attention (only that change undone)
-  mlm-unfused-loss            mlm with nn.Linear + F.cross_entropy instead of the fused decoder cross-entropy
-  mlm-bool-mask               mlm with session 2's dropout mask (16-bit lanes of full-range random words, a bool
-                              compare, then `where`) instead of models.dropout.scaled_mask's float-only one
-  mlm-glibc-default           mlm with glibc malloc's defaults (the others run with
-                              harness.perf.retain_freed_memory, as the training workers do)
-  mlm-attn0                   mlm without dropout on attention probabilities (CPU SDPA's flash kernel)
-  hf-mlm                      BertForMaskedLM (SDPA), labels on the same masked positions, vocab head on every
-                              position (the library's way), AdamW with the same settings
-Each round runs `steps` steps of every variant in turn (interleaved: this machine is noisy), each step timed,
-and then times each GEMM shape of the step (objectives.flops.step_matmuls: encoder, MLM head, predictor, EMA
-target). Reported per variant: the median and the best step; "step vs mlm" pairs the variant's median with
-mlm's median of the same round, then takes the median over rounds.
-MFU = analytic model FLOP/s / the GEMM-weighted matmul rate: total GEMM FLOPs of a step divided by the time those
-GEMMs take at the rates measured for their shapes (the best a step could do if everything but the matmuls were
-free). Both sides are typical: the median step against, per shape, the median over rounds of a sustained
-matmul rate (back-to-back matmuls for 0.3 s), so machine noise weighs on both alike. The stricter column puts
-the median step against each shape's best single matmul of the run instead.
+Variants (same encoder size, batch, real packed Wikipedia rows; fp32):
+  mlm, hybrid-p1, hybrid-p2   what a Ray worker runs per step: harness.pretrain.train_step (the objective's forward,
+                              backward, clipping, fused AdamW, the EMA update) on a batch whose masks were drawn by
+                              harness.stream's masking stage (as Ray Data draws them), unpacked as the worker gets it
+  hf-mlm                      BertForMaskedLM (SDPA), the same masked positions as labels, the vocabulary head and the
+                              cross-entropy on every position (the library's way), fused AdamW with the same settings
+  hybrid-p1-prev, hybrid-p2-prev
+                              the hybrid step with the JEPA parts as they were before the current hybrid-step
+                              changes (gather with an expanded index and a reordering copy, the target
+                              layer-normed before the read, the predictor's input built by repeat + cat, q/k/v
+                              unbound from a permuted view); opt-in: name them in --variants
+  mlm-compile, hybrid-p1-compile, hybrid-p2-compile
+                              the same step with `torch.compile(module, dynamic=True)` as the forward, as the training
+                              loop does with train.compile (opt-in: --compile, or name them in --variants); compiled
+                              and warmed up before the timed rounds, the compile time printed
+The masked batches (a cycle of --batches distinct ones per variant) are drawn before the timings: in training the
+masks come from the data pipeline, not from the training process.
+
+Each round runs `steps` steps of every variant in turn (interleaved: this machine is noisy), each step timed, and
+then times each GEMM shape of the steps (objectives.step_matmuls: encoder, MLM head, predictor, EMA target) for
+0.3 s. Reported per variant:
+  median step       over all timed steps of the run
+  model GFLOP/s     objectives.train_flops_per_step (analytic, the config's expected mask sizes; what the training
+                    loop logs as perf/model_flops_per_s) / the median step
+  MFU               model FLOP/s / the GEMM-weighted matmul rate: the step's GEMM FLOPs over the time those GEMMs
+                    take at the rates measured for their shapes (the best the step could do if everything but the
+                    matmuls were free). Rate per shape: the median over rounds of a sustained rate (back-to-back
+                    matmuls for 0.3 s); the stricter column uses each shape's best single matmul of the run
+  step vs ref       per round the variant's median step over its reference's (hybrid and hf-mlm: mlm; a compiled
+                    or -prev variant: its twin), then the median over rounds
+The summary lines give hybrid / mlm step time and ours / HF tokens/s (= hf-mlm's step over mlm's, paired per round).
 """
 
 from __future__ import annotations
@@ -40,171 +50,195 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from transformers import BertConfig, BertForMaskedLM
 
-import models.dropout as dropout_module
-import objectives.mlm as mlm_module
+import objectives.hybrid as hybrid_module
+import objectives.jepa as jepa_module
 from harness.config import Config, load_config, resolve_location
-from harness.perf import retain_freed_memory, time_matmuls
+from harness.perf import time_matmuls
 from harness.prepare import load_tokenizer, pack_documents
 from harness.pretrain import build_optimizer, train_step
-from models import momentum_at
-from models.dropout import LaneDropout
-from objectives import PretrainModule, mask_plan
-from objectives.flops import Gemm, StepShape, expected_shape, step_matmuls
-from objectives.masking import SpecialTokens, mask_batch
+from harness.stream import MaskingStage, mask_rows, unpack
+from models import encode, momentum_at
+from models.heads import Block, Predictor
+from objectives import PretrainModule, mask_plan, step_matmuls, train_flops_per_step
+from objectives.flops import Gemm, expected_shape, measured_flops, shape_of
+from objectives.masking import IGNORE_INDEX, MaskedBatch, SpecialTokens
 
 MLM = ["objective.name=mlm"]
-VARIANTS = {"mlm": MLM, "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
-            "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"], "hf-mlm": MLM,
-            "mlm-before": MLM, "mlm-torch-attention": MLM, "mlm-unfused-loss": MLM, "mlm-bool-mask": MLM,
-            "mlm-glibc-default": MLM,
-            "mlm-attn0": [*MLM, "model.attention_dropout=0.0"]}
-# The issue-6 CPU changes each variant runs without.
-WITHOUT = {"mlm-before": {"lane_dropout", "lane_attention", "fused_loss", "retained_memory", "fused_adamw"},
-           "mlm-torch-attention": {"lane_attention"}, "mlm-unfused-loss": {"fused_loss"},
-           "mlm-bool-mask": {"float_mask"},
-           "mlm-glibc-default": {"retained_memory"}}
+HYBRID_P1 = ["objective.name=hybrid", "objective.passes=1"]
+HYBRID_P2 = ["objective.name=hybrid", "objective.passes=2"]
+VARIANTS = {"mlm": MLM, "hybrid-p1": HYBRID_P1, "hybrid-p2": HYBRID_P2, "hf-mlm": MLM,
+            "hybrid-p1-prev": HYBRID_P1, "hybrid-p2-prev": HYBRID_P2,
+            "mlm-compile": MLM, "hybrid-p1-compile": HYBRID_P1, "hybrid-p2-compile": HYBRID_P2}
+EAGER = ["mlm", "hybrid-p1", "hybrid-p2", "hf-mlm"]
+COMPILED = [name for name in VARIANTS if name.endswith("-compile")]
 
 
-def real_batch(cfg: Config):
-    """A batch of packed windows of real Wikipedia text, as the prepared shards hold them."""
+def reference(name: str) -> str:
+    """What a variant's step is compared with: a compiled or -prev variant with its twin, the others with mlm."""
+    for suffix in ("-compile", "-prev"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return "mlm"
+
+
+def real_rows(cfg: Config, rows: int) -> tuple[torch.Tensor, SpecialTokens]:
+    """`rows` packed windows of real Wikipedia text, as the prepared shards hold them, and the special tokens."""
     tokenizer = load_tokenizer(resolve_location(cfg.data.tokenizer))
-    source = resolve_location(cfg.data.source)
-    texts = pq.read_table(sorted(Path(source).glob("*.parquet"))[0],
-                          columns=["text"]).column("text").to_pylist()[:200]
-    docs = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    packed = pack_documents(docs, cfg.data.seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id)
-    ids = torch.from_numpy(packed[:cfg.optim.batch_size]).long()
-    return ids, SpecialTokens.from_tokenizer(tokenizer)
+    files = sorted(Path(resolve_location(cfg.data.source)).glob("*.parquet"))
+    texts = pq.read_table(files[0], columns=["text"]).column("text").to_pylist()
+    docs, packed = 100, np.zeros((0, cfg.data.seq_len), dtype=np.int64)
+    while len(packed) < rows and docs < len(texts) * 2:  # enough documents for `rows` windows
+        ids = tokenizer(texts[:docs], add_special_tokens=False)["input_ids"]
+        packed = pack_documents(ids, cfg.data.seq_len, tokenizer.cls_token_id, tokenizer.sep_token_id)
+        docs *= 2
+    if len(packed) < rows:
+        raise ValueError(f"{files[0]} packs into {len(packed)} rows of {cfg.data.seq_len}, fewer than {rows}")
+    return torch.from_numpy(packed[:rows]).long(), SpecialTokens.from_tokenizer(tokenizer)
+
+
+def real_batch(cfg: Config) -> tuple[torch.Tensor, SpecialTokens]:
+    """One batch (optim.batch_size rows) of real packed text, and the special tokens."""
+    return real_rows(cfg, cfg.optim.batch_size)
+
+
+def masked_batches(cfg: Config, ids: torch.Tensor, specials: SpecialTokens, epoch: int = 0) -> list[MaskedBatch]:
+    """The masked batches of `ids` for `cfg`'s objective, drawn as the data pipeline draws them
+    (harness.stream.mask_rows: a seeded shuffle, then every mask of each batch) and unpacked as a worker gets
+    them (harness.stream.unpack of one row)."""
+    stage = MaskingStage(cfg.masking, mask_plan(cfg), specials, cfg.optim.batch_size, cfg.seed)
+    columns = mask_rows({"input_ids": ids.numpy()}, stage, epoch)
+    count = len(columns["input_ids"])
+    return [unpack({k: torch.as_tensor(np.asarray(v[i:i + 1])) for k, v in columns.items()})[0] for i in range(count)]
+
+
+def hf_model(cfg: Config) -> BertForMaskedLM:
+    m = cfg.model
+    return BertForMaskedLM._from_config(BertConfig(
+        vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
+        max_position_embeddings=m.max_position_embeddings, hidden_dropout_prob=m.dropout,
+        attention_probs_dropout_prob=m.dropout if m.attention_dropout is None else m.attention_dropout),
+        attn_implementation="sdpa")
 
 
 class Runner:
-    """One variant: its model, optimiser and a fresh masked batch per step (masking is part of the step)."""
+    """One variant: its model, optimiser and a cycle of masked batches (drawn beforehand, as the data path does)."""
 
-    def __init__(self, name: str, cfg: Config, ids: torch.Tensor, specials: SpecialTokens):
-        self.name, self.cfg, self.ids, self.specials = name, cfg, ids, specials
+    def __init__(self, name: str, cfg: Config, batches: list[MaskedBatch]):
+        self.name, self.cfg, self.batches = name, cfg, batches
         torch.manual_seed(0)
+        o = cfg.optim
         if name == "hf-mlm":
-            m = cfg.model
-            self.model = BertForMaskedLM._from_config(BertConfig(
-                vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-                num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
-                max_position_embeddings=m.max_position_embeddings, hidden_dropout_prob=m.dropout,
-                attention_probs_dropout_prob=m.dropout), attn_implementation="sdpa")
-            o = cfg.optim
+            self.model = hf_model(cfg)
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                                weight_decay=o.weight_decay, fused=True)
+            self.labels = []
+            for b in batches:
+                labels = torch.full((b.input_ids.numel(),), IGNORE_INDEX, dtype=torch.long)
+                labels[b.mlm_positions] = b.mlm_labels
+                self.labels.append(labels.view_as(b.input_ids))
         else:
             self.model = PretrainModule(cfg)
             self.optimizer = build_optimizer(self.model, cfg)
-        self.without = WITHOUT.get(name, set())
-        if "lane_dropout" in self.without:
-            restore_torch_dropout(self.model)
-        if "lane_attention" in self.without:
-            self.model.nets.encoder.set_attn_implementation("sdpa")
-        if "fused_adamw" in self.without:
-            self.optimizer = torch.optim.AdamW(self.model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                               betas=cfg.optim.betas, eps=cfg.optim.eps, foreach=False)
         self.model.train()
+        self.forward = torch.compile(self.model, dynamic=True) if name.endswith("-compile") else self.model
         self.step_index = 0
 
     def step(self) -> None:
-        """What one iteration of the training loop does: draw the masks, then harness.pretrain.train_step."""
-        generator = torch.Generator().manual_seed(self.step_index)
-        o = self.cfg.optim
+        """What one iteration of the training loop does with a batch it has received."""
+        i = self.step_index % len(self.batches)
+        batch, o = self.batches[i], self.cfg.optim
         momentum = momentum_at(self.step_index, o.max_steps, self.cfg.objective.ema_start, self.cfg.objective.ema_end)
         self.step_index += 1
-        batch = mask_batch(self.ids, torch.ones_like(self.ids), mask_plan(self.cfg), self.cfg.masking, self.specials,
-                           generator)
         if self.name == "hf-mlm":
-            labels = torch.full_like(self.ids, -100).flatten()
-            labels[batch.mlm_positions] = batch.mlm_labels
             loss = self.model(input_ids=batch.mlm_input_ids, attention_mask=batch.attention_mask,
-                              labels=labels.view_as(self.ids)).loss
+                              labels=self.labels[i]).loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip, foreach=True)
             self.optimizer.step()
             return
-        with contextlib.ExitStack() as stack:
-            if "retained_memory" in self.without:
-                stack.enter_context(glibc_default_malloc())
-            if "fused_loss" in self.without:
-                stack.enter_context(unfused_loss())
-            if "float_mask" in self.without:
-                stack.enter_context(bool_mask())
-            train_step(self.model, self.model, self.optimizer, batch, o.grad_clip, momentum, diagnostics=False)
+        with previous_jepa_parts() if self.name.endswith("-prev") else contextlib.nullcontext():
+            train_step(self.forward, self.model, self.optimizer, batch, o.grad_clip, momentum, diagnostics=False)
 
-    def shape(self) -> StepShape:
-        shape = expected_shape(self.cfg)
-        if self.name == "hf-mlm":  # the vocab head on every position
-            return dataclasses.replace(shape, mlm_positions=shape.batch * shape.seq_len)
-        return shape
+    def matmuls(self) -> tuple[list[Gemm], float]:
+        shape = expected_shape(self.cfg, mask_plan(self.cfg).hide_targets)
+        if self.name == "hf-mlm":  # the vocabulary head on every position
+            shape = dataclasses.replace(shape, mlm_positions=shape.batch * shape.seq_len)
+        return step_matmuls(self.cfg, shape)
 
     def gemms(self) -> list[Gemm]:
-        return step_matmuls(self.cfg, self.shape())[0]
+        return self.matmuls()[0]
 
     def flops(self) -> float:
-        gemms, attention = step_matmuls(self.cfg, self.shape())
+        if self.name != "hf-mlm":
+            return train_flops_per_step(self.cfg)
+        gemms, attention = self.matmuls()
         return sum(g.flops for g in gemms) + attention
 
 
-@contextlib.contextmanager
-def glibc_default_malloc():
-    retain_freed_memory(False)
-    try:
-        yield
-    finally:
-        retain_freed_memory(True)
+# ---- the JEPA parts as they were before the current hybrid-step changes (the -prev variants; same results)
+
+
+def _prev_gather_positions(x: Tensor, idx: Tensor) -> Tensor:
+    flat = jepa_module.row_positions(idx)
+    return jepa_module.split_rows(x.gather(1, flat[..., None].expand(-1, -1, x.shape[-1])), idx)
+
+
+@torch.no_grad()
+def _prev_forward_target(module, batch: MaskedBatch) -> Tensor:
+    hidden = encode(module.nets.target, batch.input_ids, batch.attention_mask)
+    return _prev_gather_positions(F.layer_norm(hidden, hidden.shape[-1:]), batch.tgt_idx)
+
+
+def _prev_block_forward(self: Block, x: Tensor, outputs_from: int = 0) -> Tensor:
+    b, n, w = x.shape
+    h = self.norm1(x)
+    if outputs_from == 0:
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+    else:
+        x = x[:, outputs_from:]
+        q = F.linear(h[:, outputs_from:], self.qkv.weight[:w], self.qkv.bias[:w])
+        q = q.view(b, -1, self.heads, w // self.heads).transpose(1, 2)
+        kv = F.linear(h, self.qkv.weight[w:], self.qkv.bias[w:])
+        k, v = kv.view(b, n, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+    attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, x.shape[1], w)
+    x = x + self.proj(attn)
+    return x + self.mlp(self.norm2(x))
+
+
+def _prev_predictor_forward(self: Predictor, context: Tensor, ctx_idx: Tensor, tgt_idx: Tensor) -> Tensor:
+    blocks, batch, tgt_len = tgt_idx.shape
+    ctx = (self.embed(context) + self.pos(ctx_idx)).repeat(blocks, 1, 1)
+    queries = self.mask_token + self.pos(tgt_idx.flatten(0, 1))
+    x = torch.cat([ctx, queries], dim=1)
+    for block in self.blocks[:-1]:
+        x = block(x)
+    x = self.blocks[-1](x, outputs_from=ctx.shape[1])
+    return self.out(self.norm(x)).view(blocks, batch, tgt_len, -1)
 
 
 @contextlib.contextmanager
-def unfused_loss():
-    """objectives.mlm with nn.Linear + F.cross_entropy instead of its fused decoder cross-entropy."""
-    def linear_then_cross_entropy(x, decoder, labels, count_hits=False):
-        return torch.nn.functional.cross_entropy(decoder(x), labels), torch.zeros((), dtype=torch.long)
-
-    saved = mlm_module.decoder_cross_entropy
-    mlm_module.decoder_cross_entropy = linear_then_cross_entropy
+def previous_jepa_parts():
+    saved = (jepa_module.forward_target, hybrid_module.gather_positions, Block.forward, Predictor.forward)
+    jepa_module.forward_target, hybrid_module.gather_positions = _prev_forward_target, _prev_gather_positions
+    Block.forward, Predictor.forward = _prev_block_forward, _prev_predictor_forward
     try:
         yield
     finally:
-        mlm_module.decoder_cross_entropy = saved
-
-
-@contextlib.contextmanager
-def bool_mask():
-    """models.dropout with session 2's mask: 16-bit lanes of full-range random words, compared into a bool
-    tensor, then `where` (both several times slower here than a float pass)."""
-    def where_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
-        threshold = -(2**15) + round(p * 2**16)
-        words = torch.empty((shape.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-        keep = words.view(torch.int16)[: shape.numel()].view(shape) >= threshold
-        return torch.where(keep, 1.0 / (1.0 - p), 0.0).to(dtype)
-
-    saved = dropout_module.scaled_mask
-    dropout_module.scaled_mask = where_mask
-    try:
-        yield
-    finally:
-        dropout_module.scaled_mask = saved
-
-
-def restore_torch_dropout(model: torch.nn.Module) -> None:
-    for name, child in model.named_children():
-        if isinstance(child, LaneDropout):
-            setattr(model, name, torch.nn.Dropout(child.p))
-        else:
-            restore_torch_dropout(child)
+        jepa_module.forward_target, hybrid_module.gather_positions, Block.forward, Predictor.forward = saved
 
 
 def matmul_rates(m: int, k: int, n: int, seconds: float) -> tuple[float, float]:
     """(sustained, best) FLOP/s of back-to-back (m x k) @ (k x n) matmuls for >= `seconds`: the whole block's
-    rate, comparable with a step's, and the best single matmul's (what harness.perf.measure_matmul_flops
-    reports as the CPU peak)."""
+    rate, comparable with a step's, and the best single matmul's."""
     times = time_matmuls(m, k, n, torch.device("cpu"), min_seconds=seconds, min_repeats=3)
     return 2 * m * k * n * len(times) / sum(times), 2 * m * k * n / min(times)
 
@@ -218,15 +252,53 @@ def key(gemm: Gemm) -> tuple[int, int, int]:
     return max(1, round(gemm.m)), gemm.k, gemm.n
 
 
-def profile(runner: Runner, steps: int) -> None:
+def warm_up(runners: dict[str, Runner], steps: int) -> None:
+    """A few untimed steps of every variant; a compiled one compiles here (its first steps print their time)."""
+    for name, runner in runners.items():
+        for i in range(steps):
+            start = time.perf_counter()
+            runner.step()
+            if name.endswith("-compile"):
+                print(f"{name} warm-up step {i + 1}: {time.perf_counter() - start:.1f}s", flush=True)
+
+
+def profile(runner: Runner, steps: int, shapes: bool, rows: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    runner.step()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         for _ in range(steps):
             runner.step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+    table = prof.key_averages(group_by_input_shape=shapes)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60,
+                      max_shapes_column_width=80))
+
+
+SHIPPED = ("tiny", "small", "paper", "base")
+
+
+def count_flops(config: str, overrides: list[str]) -> None:
+    """objectives.train_flops_per_step at a real batch's exact mask sizes against torch's FlopCounterMode over one
+    forward + backward of each objective; then the analytic FLOPs per step of the shipped configs."""
+    print("| objective | counted GFLOP | analytic GFLOP | analytic / counted |")
+    print("|---|---|---|---|")
+    for name, extra in [("mlm", MLM), ("jepa", ["objective.name=jepa"]), ("hybrid, passes 2", HYBRID_P2),
+                        ("hybrid, passes 1", HYBRID_P1)]:
+        cfg = load_config(config, [*overrides, *extra])
+        ids, specials = real_rows(cfg, cfg.optim.batch_size)
+        batch = masked_batches(cfg, ids, specials)[0]
+        torch.manual_seed(0)
+        module = PretrainModule(cfg)
+
+        def step(module: PretrainModule = module, batch: MaskedBatch = batch) -> None:
+            loss, _ = module(batch)
+            loss.backward()
+
+        counted, analytic = measured_flops(step), train_flops_per_step(cfg, shape_of(batch))
+        print(f"| {name} | {counted / 1e9:.3f} | {analytic / 1e9:.3f} | {analytic / counted:.3f} |")
+    root = Path(__file__).resolve().parents[1] / "studies" / "configs"
+    print("\nanalytic FLOPs per step and worker (expected mask sizes, the config's objective): " + ", ".join(
+        f"{c} {train_flops_per_step(load_config(root / f'{c}.yaml')) / 1e9:.2f} GFLOP" for c in SHIPPED))
 
 
 def main() -> None:
@@ -235,24 +307,43 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--batches", type=int, default=8, help="distinct masked batches each variant cycles through")
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                        help=f"default: {' '.join(EAGER)} (and with --compile: {' '.join(COMPILED)})")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile variants")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant before the rounds")
     parser.add_argument("--profile", choices=list(VARIANTS), help="profile this variant instead of timing")
+    parser.add_argument("--profile-shapes", action="store_true", help="profile: group the ops by input shape")
+    parser.add_argument("--profile-rows", type=int, default=40)
+    parser.add_argument("--count-flops", action="store_true",
+                        help="print analytic FLOPs vs torch's FlopCounterMode instead of timing")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    retain_freed_memory()  # as the training workers do
-    base = load_config(args.config, args.overrides)
-    ids, specials = real_batch(base)
-    names = [args.profile] if args.profile else args.variants
-    runners = {n: Runner(n, load_config(args.config, [*args.overrides, *VARIANTS[n]]), ids, specials) for n in names}
-    if args.profile:
-        profile(runners[args.profile], args.steps)
+    if args.count_flops:
+        count_flops(args.config, args.overrides)
         return
-    for runner in runners.values():
-        runner.step()  # warm-up
+    base = load_config(args.config, args.overrides)
+    ids, specials = real_rows(base, args.batches * base.optim.batch_size)
+    if args.profile:
+        names = [args.profile]
+    else:
+        names = args.variants or (EAGER + COMPILED if args.compile else EAGER)
+        names = ["mlm", *[n for n in names if n != "mlm"]]  # every ratio needs mlm
+        names += [reference(n) for n in names if reference(n) not in names]
+    runners = {}
+    for name in names:
+        cfg = load_config(args.config, [*args.overrides, *VARIANTS[name]])
+        runners[name] = Runner(name, cfg, masked_batches(cfg, ids, specials))
+    if args.profile:
+        warm_up(runners, args.warmup)
+        profile(runners[args.profile], args.steps, args.profile_shapes, args.profile_rows)
+        return
+    warm_up(runners, args.warmup)
     steps: dict[str, list[list[float]]] = defaultdict(list)  # per variant, per round: each step's seconds
     sustained: dict[tuple[int, int, int], list[float]] = defaultdict(list)  # per GEMM shape, per round
     best_single: dict[tuple[int, int, int], float] = defaultdict(float)  # per GEMM shape, over the run
+    shapes = {key(g) for runner in runners.values() for g in runner.gemms()}
     for r in range(args.rounds):
         for name, runner in runners.items():
             steps[name].append([])
@@ -260,31 +351,42 @@ def main() -> None:
                 start = time.perf_counter()
                 runner.step()
                 steps[name][-1].append(time.perf_counter() - start)
-        for shape in {key(g) for runner in runners.values() for g in runner.gemms()}:
+        for shape in shapes:
             rate, best = matmul_rates(*shape, seconds=0.3)
             sustained[shape].append(rate)
             best_single[shape] = max(best_single[shape], best)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {statistics.median(steps[n][-1]):.3f}s" for n in runners),
+        print(f"round {r + 1}: " + ", ".join(f"{n} {statistics.median(steps[n][-1]) * 1e3:.0f}ms" for n in runners),
               flush=True)
 
+    def paired(name: str, ref: str) -> float:
+        """Median over rounds of (variant's median step / ref's median step) within the round."""
+        return statistics.median(statistics.median(a) / statistics.median(b)
+                                 for a, b in zip(steps[name], steps[ref], strict=True))
+
     tokens = base.optim.batch_size * base.data.seq_len
-    print(f"\n{base.model.num_layers} x {base.model.hidden_size}, batch {base.optim.batch_size} x {base.data.seq_len}, "
-          f"{args.threads} threads, {args.rounds} rounds of {args.steps} steps")
-    print("| variant | median step s | best step s | tokens/s (median) | GFLOP/step | MFU | "
-          "MFU vs best single matmul | step vs mlm | FLOPs vs mlm |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{args.config}: {base.model.num_layers} x {base.model.hidden_size}, batch {base.optim.batch_size} x "
+          f"{base.data.seq_len}, {args.threads} threads, {args.rounds} rounds of {args.steps} steps, "
+          f"{len(next(iter(runners.values())).batches)} distinct masked batches per variant")
+    print("| variant | median step ms | best step ms | tokens/s | GFLOP/step | model GFLOP/s | MFU | "
+          "MFU vs best single matmul | step vs ref | ref | FLOPs vs ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     typical = {shape: statistics.median(rates) for shape, rates in sustained.items()}
     for name, runner in runners.items():
-        median = statistics.median(t for round_steps in steps[name] for t in round_steps)
-        best = min(t for round_steps in steps[name] for t in round_steps)
-        mfu = runner.flops() / median / gemm_rate(runner.gemms(), typical)
-        mfu_strict = runner.flops() / median / gemm_rate(runner.gemms(), best_single)
-        # Paired within each round (both ran minutes apart at most), then the median over rounds.
-        vs_mlm = statistics.median(statistics.median(a) / statistics.median(b)
-                                   for a, b in zip(steps[name], steps["mlm"], strict=True)) if "mlm" in steps else 0
-        flops_vs = runner.flops() / runners["mlm"].flops() if "mlm" in runners else 0
-        print(f"| {name} | {median:.3f} | {best:.3f} | {tokens / median:.0f} | {runner.flops() / 1e9:.1f} | "
-              f"{mfu:.2f} | {mfu_strict:.2f} | {vs_mlm:.2f} | {flops_vs:.2f} |")
+        every = [t for round_steps in steps[name] for t in round_steps]
+        median, best, flops = statistics.median(every), min(every), runner.flops()
+        mfu = flops / median / gemm_rate(runner.gemms(), typical)
+        mfu_strict = flops / median / gemm_rate(runner.gemms(), best_single)
+        ref = reference(name)
+        print(f"| {name} | {median * 1e3:.0f} | {best * 1e3:.0f} | {tokens / median:.0f} | {flops / 1e9:.1f} | "
+              f"{flops / median / 1e9:.1f} | {mfu:.2f} | {mfu_strict:.2f} | {paired(name, ref):.2f} | {ref} | "
+              f"{flops / runners[ref].flops():.2f} |")
+    print()
+    for name in runners:
+        if name.startswith("hybrid") and not name.endswith("-compile"):
+            print(f"{name} / mlm step time: {paired(name, 'mlm'):.2f} (FLOPs ratio "
+                  f"{runners[name].flops() / runners['mlm'].flops():.2f})")
+    if "hf-mlm" in runners:
+        print(f"ours / HF tokens/s (mlm vs hf-mlm): {paired('hf-mlm', 'mlm'):.2f}")
 
 
 if __name__ == "__main__":
