@@ -7,9 +7,10 @@ statistically over many draws):
 BERT  - each eligible token (real, non-special, and in one-pass hybrid mode not a JEPA target) is
         selected with probability p; of the selected 80% become [MASK], 10% a random token, 10%
         stay; labels are -100 everywhere else.
-JEPA  - `num_pred_masks` target blocks per row, each a contiguous run of round(s * n) tokens inside
-        the row's content (n = its real, non-special length; s drawn once per batch from
-        pred_mask_scale); one context block the same way from enc_mask_scale.
+JEPA  - `num_pred_masks` target blocks per row, each a run of round(s * n) consecutive eligible tokens
+        (n = the row's real, non-special length; s drawn once per batch from pred_mask_scale; a run of
+        special tokens inside the content, e.g. [UNK]s, is stepped over, so no block is ever empty); one
+        context block the same way from enc_mask_scale.
       - context = context block minus every target position: no target is ever visible to the
         context encoder. Specials and padding are never targets nor context.
       - every row keeps >= min_keep context tokens (the context block is redrawn if not).
@@ -103,16 +104,15 @@ def _draw_scale(scale: tuple[float, float], generator: torch.Generator) -> float
 
 
 def _blocks(eligible: Tensor, scale: float, count: int, generator: torch.Generator) -> Tensor:
-    """(count, B, L) bool: `count` contiguous blocks of round(scale * n) tokens in each row's content span."""
-    batch, length = eligible.shape
+    """(count, B, L) bool: `count` blocks per row, each round(scale * n) consecutive ELIGIBLE tokens (n = the row's
+    eligible count). Counted over eligible tokens, a block always holds its full length: a run of ineligible
+    tokens inside the content (e.g. [UNK]s) is stepped over, never drawn as an empty block. On rows whose eligible
+    tokens are contiguous this is the plain contiguous block."""
     n = eligible.sum(1)
-    first = eligible.int().argmax(1)
-    last = length - 1 - eligible.flip(1).int().argmax(1)
     block_len = (scale * n).round().clamp(min=1).minimum(n)
-    room = last - first + 2 - block_len  # number of valid start positions
-    start = first + (torch.rand(count, batch, generator=generator) * room).long()
-    pos = torch.arange(length)
-    return (pos >= start[..., None]) & (pos < (start + block_len)[..., None]) & eligible
+    start = (torch.rand(count, eligible.shape[0], generator=generator) * (n - block_len + 1)).long()  # a rank
+    rank = eligible.long().cumsum(1) - 1  # each eligible token's rank among its row's eligible tokens
+    return (rank >= start[..., None]) & (rank < (start + block_len)[..., None]) & eligible
 
 
 def _leftmost(mask: Tensor, k: int) -> Tensor:

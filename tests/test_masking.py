@@ -130,3 +130,22 @@ def test_too_short_rows_fail_clearly(padded_sentences, specials: SpecialTokens) 
     cfg = MaskingConfig(min_keep=int(eligible.sum(1).min()))
     with pytest.raises(ValueError, match="min_keep"):
         jepa_masks(eligible, cfg, torch.Generator().manual_seed(0))
+
+
+def test_a_run_of_unknown_tokens_never_leaves_a_row_without_targets(packed_ids, tokenizer,
+                                                                    specials: SpecialTokens) -> None:
+    """A long run of [UNK] (a special token: never a target) inside a row's content, as real articles have: every
+    block still holds its full count of eligible tokens, so no row ends with an empty target block."""
+    ids = packed_ids(16, 64).clone()
+    ids[:, 10:40] = tokenizer.unk_token_id  # 30 of 62 content tokens
+    eligible = eligible_tokens(ids, torch.ones_like(ids), specials)
+    n = eligible.sum(1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(DRAWS):
+        scale = 0.1 + 0.15 * torch.rand(1, generator=gen).item()
+        blocks = _blocks(eligible, scale, 2, gen)
+        expected = (scale * n).round().clamp(min=1).minimum(n)
+        assert torch.equal(blocks.sum(-1), expected.expand(2, -1)), "a block lost tokens to the [UNK] run"
+        assert not (blocks & ~eligible).any()
+        ctx_idx, tgt_idx, _, stats = jepa_masks(eligible, MaskingConfig(min_keep=2), gen)
+        assert tgt_idx.shape[-1] >= 1 and stats["ctx_tgt_overlap"] == 0
