@@ -2,14 +2,14 @@
 
     python -m benchmarks.gpu_throughput [--config studies/configs/base.yaml] [--steps 20] [--rounds 3] [--no-compile]
 
-The step is the Ray loop's: harness.pretrain.train_step (bf16 autocast, the MLM head on masked positions only,
-fused AdamW, the EMA update, metrics left on the device) on batches whose masks were drawn beforehand on the CPU
-as the data pipeline draws them (harness.stream's masking stage), each pinned and copied to the GPU without
-blocking, as harness.stream.device_batches does. TF32 matmuls, SDPA's GPU kernels. The forward is compiled
-like the training loop's (torch.compile(module, dynamic=True), on by default for CUDA; --no-compile: eager),
-compiled during the untimed warm-up. mlm and hybrid (passes 1 and 2) are interleaved over rounds, each round
-timed with CUDA events around `steps` steps (one sync per timed block); medians are reported. Needs a CUDA
-device: without one it stops after checking its arguments and configs.
+The step is the Ray loop's: harness.step.train_step (bf16 autocast, the MLM head on masked positions only, fused
+AdamW, the EMA update, metrics left on the device) on batches whose masks were drawn beforehand on the CPU as the
+data pipeline draws them (harness.stream's masking stage), each moved to the GPU by the training loop's own
+boundary (harness.stream.to_device: pinned, copied without blocking). TF32 matmuls, SDPA's GPU kernels. The
+forward is compiled like the training loop's (harness.step.compile_forward, on by default for CUDA;
+--no-compile: eager), compiled during the untimed warm-up. mlm and hybrid (passes 1 and 2) are interleaved over
+rounds, each round timed with CUDA events around `steps` steps (one sync per timed block); medians are reported.
+Needs a CUDA device (and neither Ray nor MLflow): without one it stops after checking its arguments and configs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 from benchmarks.step_mfu import masked_batches, real_rows
 from harness.config import load_config
 from harness.perf import peak_flops
-from harness.pretrain import build_optimizer, compile_enabled, ffn_gemm_shape, train_step
+from harness.step import build_optimizer, compile_enabled, compile_forward, ffn_gemm_shape, train_step
+from harness.stream import to_device
 from models import momentum_at
 from objectives import PretrainModule, train_flops_per_step
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         module = PretrainModule(cfg).to(device).train()
         compiled = compile_enabled(cfg, device)
-        forward = torch.compile(module, dynamic=True) if compiled else module
+        forward = compile_forward(module) if compiled else module
         batches = masked_batches(cfg, ids, specials)  # on the CPU, as the data pipeline delivers them
         runs[name] = (cfg, module, forward, build_optimizer(module, cfg), batches, compiled)
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for i in range(first, first + steps):
-            batch = batches[i % len(batches)].pin_memory().to(device, non_blocking=True)
+            batch = to_device(batches[i % len(batches)], device)
             momentum = momentum_at(i, o.max_steps, cfg.objective.ema_start, cfg.objective.ema_end)
             train_step(forward, module, optimizer, batch, o.grad_clip, momentum, diagnostics=False)
         end.record()

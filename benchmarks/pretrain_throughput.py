@@ -23,7 +23,8 @@ import torch
 from harness import tracking
 from harness.config import load_config
 from harness.perf import measure_matmul_flops
-from harness.pretrain import ffn_gemm_shape, run_pretraining, worker_threads
+from harness.pretrain import run_pretraining
+from harness.step import ffn_gemm_shape, worker_threads
 
 VARIANTS = {"mlm": ["objective.name=mlm"], "hybrid-p1": ["objective.name=hybrid", "objective.passes=1"],
             "hybrid-p2": ["objective.name=hybrid", "objective.passes=2"]}

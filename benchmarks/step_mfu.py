@@ -19,7 +19,7 @@ Variants (same encoder size, batch, real packed Wikipedia rows; fp32):
                               layer-normed before the read, the predictor's input built by repeat + cat, q/k/v
                               unbound from a permuted view); opt-in: name them in --variants
   mlm-compile, hybrid-p1-compile, hybrid-p2-compile
-                              the same step with `torch.compile(module, dynamic=True)` as the forward, as the training
+                              the same step with `harness.step.compile_forward(module)` as the forward, as the training
                               loop does with train.compile (opt-in: --compile, or name them in --variants); compiled
                               and warmed up before the timed rounds, the compile time printed
 The masked batches (a cycle of --batches distinct ones per variant) are drawn before the timings: in training the
@@ -27,10 +27,14 @@ masks come from the data pipeline, not from the training process.
 
 Each round runs `steps` steps of every variant in turn (interleaved: this machine is noisy), each step timed, and
 then times each GEMM shape of the steps (objectives.step_matmuls: encoder, MLM head, predictor, EMA target) for
-0.3 s. Reported per variant:
+0.3 s. A round counts only if other processes kept at most --max-foreign-cpu cores busy meanwhile (/proc/stat's
+busy time minus this process's CPU time, steal included): on a shared 2-core machine a neighbour preempting one of
+the two torch threads slows a step several-fold. Reported per variant, over the counted rounds:
   median step       over all timed steps of the run
   model GFLOP/s     objectives.train_flops_per_step (analytic, the config's expected mask sizes; what the training
-                    loop logs as perf/model_flops_per_s) / the median step
+                    loop logs as perf/model_flops_per_s) / the median step. "these batches / expected": the mean
+                    analytic FLOPs at the cycled batches' exact mask sizes over the expected ones (ragged masks
+                    are truncated to the batch minimum, so a real batch does a little less JEPA work)
   MFU               model FLOP/s / the GEMM-weighted matmul rate: the step's GEMM FLOPs over the time those GEMMs
                     take at the rates measured for their shapes (the best the step could do if everything but the
                     matmuls were free). Rate per shape: the median over rounds of a sustained rate (back-to-back
@@ -45,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -62,7 +67,7 @@ import objectives.jepa as jepa_module
 from harness.config import Config, load_config, resolve_location
 from harness.perf import time_matmuls
 from harness.prepare import load_tokenizer, pack_documents
-from harness.pretrain import build_optimizer, train_step
+from harness.step import build_optimizer, compile_forward, train_step
 from harness.stream import MaskingStage, mask_rows, unpack
 from models import encode, momentum_at
 from models.heads import Block, Predictor
@@ -148,7 +153,8 @@ class Runner:
             self.model = PretrainModule(cfg)
             self.optimizer = build_optimizer(self.model, cfg)
         self.model.train()
-        self.forward = torch.compile(self.model, dynamic=True) if name.endswith("-compile") else self.model
+        self.forward = compile_forward(self.model) if name.endswith("-compile") else self.model
+        self.exact_flops = statistics.mean(self.flops(b) for b in batches)
         self.step_index = 0
 
     def step(self) -> None:
@@ -168,8 +174,9 @@ class Runner:
         with previous_jepa_parts() if self.name.endswith("-prev") else contextlib.nullcontext():
             train_step(self.forward, self.model, self.optimizer, batch, o.grad_clip, momentum, diagnostics=False)
 
-    def matmuls(self) -> tuple[list[Gemm], float]:
-        shape = expected_shape(self.cfg, mask_plan(self.cfg).hide_targets)
+    def matmuls(self, batch: MaskedBatch | None = None) -> tuple[list[Gemm], float]:
+        """The step's GEMMs and attention FLOPs: at the config's expected mask sizes, or at `batch`'s own."""
+        shape = expected_shape(self.cfg, mask_plan(self.cfg).hide_targets) if batch is None else shape_of(batch)
         if self.name == "hf-mlm":  # the vocabulary head on every position
             shape = dataclasses.replace(shape, mlm_positions=shape.batch * shape.seq_len)
         return step_matmuls(self.cfg, shape)
@@ -177,10 +184,11 @@ class Runner:
     def gemms(self) -> list[Gemm]:
         return self.matmuls()[0]
 
-    def flops(self) -> float:
+    def flops(self, batch: MaskedBatch | None = None) -> float:
+        """Model FLOPs of a step: objectives.train_flops_per_step (HF: its head on every position)."""
         if self.name != "hf-mlm":
-            return train_flops_per_step(self.cfg)
-        gemms, attention = self.matmuls()
+            return train_flops_per_step(self.cfg, None if batch is None else shape_of(batch))
+        gemms, attention = self.matmuls(batch)
         return sum(g.flops for g in gemms) + attention
 
 
@@ -252,6 +260,31 @@ def key(gemm: Gemm) -> tuple[int, int, int]:
     return max(1, round(gemm.m)), gemm.k, gemm.n
 
 
+class Contention:
+    """How many cores other processes (and the hypervisor: steal time) kept busy since construction: the machine's
+    busy time from /proc/stat minus this process's own CPU time, over the wall time. None without /proc/stat."""
+
+    def __init__(self) -> None:
+        self.start = self.read()
+
+    @staticmethod
+    def read() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        except (OSError, ValueError):
+            return None
+        busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        return busy, time.process_time(), time.perf_counter()
+
+    def foreign_cores(self) -> float | None:
+        end = self.read()
+        if self.start is None or end is None:
+            return None
+        (busy0, own0, wall0), (busy1, own1, wall1) = self.start, end
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+
+
 def warm_up(runners: dict[str, Runner], steps: int) -> None:
     """A few untimed steps of every variant; a compiled one compiles here (its first steps print their time)."""
     for name, runner in runners.items():
@@ -312,6 +345,8 @@ def main() -> None:
                         help=f"default: {' '.join(EAGER)} (and with --compile: {' '.join(COMPILED)})")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variants")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant before the rounds")
+    parser.add_argument("--max-foreign-cpu", type=float, default=0.25,
+                        help="count only rounds during which other processes kept at most this many cores busy")
     parser.add_argument("--profile", choices=list(VARIANTS), help="profile this variant instead of timing")
     parser.add_argument("--profile-shapes", action="store_true", help="profile: group the ops by input shape")
     parser.add_argument("--profile-rows", type=int, default=40)
@@ -344,19 +379,34 @@ def main() -> None:
     sustained: dict[tuple[int, int, int], list[float]] = defaultdict(list)  # per GEMM shape, per round
     best_single: dict[tuple[int, int, int], float] = defaultdict(float)  # per GEMM shape, over the run
     shapes = {key(g) for runner in runners.values() for g in runner.gemms()}
+    foreign: list[float | None] = []  # per round: cores other processes kept busy
     for r in range(args.rounds):
+        round_steps: dict[str, list[float]] = {}
+        round_rates: dict[tuple[int, int, int], tuple[float, float]] = {}
+        contention = Contention()
         for name, runner in runners.items():
-            steps[name].append([])
+            round_steps[name] = []
             for _ in range(args.steps):
                 start = time.perf_counter()
                 runner.step()
-                steps[name][-1].append(time.perf_counter() - start)
+                round_steps[name].append(time.perf_counter() - start)
         for shape in shapes:
-            rate, best = matmul_rates(*shape, seconds=0.3)
+            round_rates[shape] = matmul_rates(*shape, seconds=0.3)
+        foreign.append(contention.foreign_cores())
+        quiet = foreign[-1] is None or foreign[-1] <= args.max_foreign_cpu
+        print(f"round {r + 1}: " + ", ".join(f"{n} {statistics.median(t) * 1e3:.0f}ms" for n, t in round_steps.items())
+              + ("" if foreign[-1] is None else f"; other processes {foreign[-1]:.2f} cores")
+              + ("" if quiet else " (not counted)"), flush=True)
+        if not quiet:
+            continue
+        for name, times in round_steps.items():
+            steps[name].append(times)
+        for shape, (rate, best) in round_rates.items():
             sustained[shape].append(rate)
             best_single[shape] = max(best_single[shape], best)
-        print(f"round {r + 1}: " + ", ".join(f"{n} {statistics.median(steps[n][-1]) * 1e3:.0f}ms" for n in runners),
-              flush=True)
+    if not steps:
+        raise SystemExit(f"every round ran beside other processes using > {args.max_foreign_cpu} cores; rerun on a "
+                         "quieter machine or raise --max-foreign-cpu")
 
     def paired(name: str, ref: str) -> float:
         """Median over rounds of (variant's median step / ref's median step) within the round."""
@@ -365,11 +415,12 @@ def main() -> None:
 
     tokens = base.optim.batch_size * base.data.seq_len
     print(f"\n{args.config}: {base.model.num_layers} x {base.model.hidden_size}, batch {base.optim.batch_size} x "
-          f"{base.data.seq_len}, {args.threads} threads, {args.rounds} rounds of {args.steps} steps, "
+          f"{base.data.seq_len}, {args.threads} threads, {len(steps['mlm'])} of {args.rounds} rounds of {args.steps} "
+          f"steps counted (other processes <= {args.max_foreign_cpu} cores), "
           f"{len(next(iter(runners.values())).batches)} distinct masked batches per variant")
-    print("| variant | median step ms | best step ms | tokens/s | GFLOP/step | model GFLOP/s | MFU | "
-          "MFU vs best single matmul | step vs ref | ref | FLOPs vs ref |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | median step ms | best step ms | tokens/s | GFLOP/step | these batches / expected | "
+          "model GFLOP/s | MFU | MFU vs best single matmul | step vs ref | ref | FLOPs vs ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     typical = {shape: statistics.median(rates) for shape, rates in sustained.items()}
     for name, runner in runners.items():
         every = [t for round_steps in steps[name] for t in round_steps]
@@ -378,8 +429,8 @@ def main() -> None:
         mfu_strict = flops / median / gemm_rate(runner.gemms(), best_single)
         ref = reference(name)
         print(f"| {name} | {median * 1e3:.0f} | {best * 1e3:.0f} | {tokens / median:.0f} | {flops / 1e9:.1f} | "
-              f"{flops / median / 1e9:.1f} | {mfu:.2f} | {mfu_strict:.2f} | {paired(name, ref):.2f} | {ref} | "
-              f"{flops / runners[ref].flops():.2f} |")
+              f"{runner.exact_flops / flops:.3f} | {flops / median / 1e9:.1f} | {mfu:.2f} | {mfu_strict:.2f} | "
+              f"{paired(name, ref):.2f} | {ref} | {flops / runners[ref].flops():.2f} |")
     print()
     for name in runners:
         if name.startswith("hybrid") and not name.endswith("-compile"):

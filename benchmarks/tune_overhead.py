@@ -7,6 +7,7 @@ at the last step only) through the real study engine, and reads from each trial'
   perf/trial_wall_s        the trial function from start to its final report (incl. the full evaluation)
   perf/trial_train_wall_s  the same up to the end of pre-training (TorchTrainer start-up, data, export)
   perf/train_time_s        the sum of the step times (forward, backward, optimiser, data waits)
+  perf/eval_<protocol>_wall_s  the full evaluation under each protocol (--protocols harness reference)
 Overhead is reported against both walls; medians over trials.
 """
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--output-dir", default=None, help="default: a temporary directory")
+    parser.add_argument("--protocols", nargs="+", default=["harness"], help="evaluation protocols of each trial")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     output = args.output_dir or tempfile.mkdtemp(prefix="bench_tune_")
@@ -40,17 +42,18 @@ def main() -> None:
     # cpus_per_worker 0.99 (2 threads): with the trial's 0.01 CPU a whole CPU stays free for Ray Data's file
     # listing on a 2-CPU machine; 1.0 would leave 0.99 and the read would wait forever.
     grid = [TrialSpec(f"seed{s}", {"seed": s}) for s in range(args.trials)]
-    with open_study(cfg, grid=grid) as study:
+    with open_study(cfg, grid=grid, protocols=args.protocols) as study:
         result = study.run()
     rows = []
     for run_id in result.table["run_id"]:
         m = tracking.read_run(result.tracking_uri, run_id)["metrics"]
         wall, train_wall, steps = m["perf/trial_wall_s"], m["perf/trial_train_wall_s"], m["perf/train_time_s"]
         rows.append((wall, train_wall, steps, (wall - steps) / wall, (train_wall - steps) / train_wall))
+        evals = ", ".join(f"{p} {m[f'perf/eval_{p}_wall_s']:.1f} s" for p in args.protocols)
         print(f"trial wall {wall:.1f} s, pre-training wall {train_wall:.1f} s, sum of steps {steps:.1f} s: "
               f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training; last log interval: "
-              f"data-wait {m['perf/data_wait']:.2%}, MFU {m['perf/mfu']:.2f}, {m['perf/tokens_per_s']:.0f} tokens/s",
-              flush=True)
+              f"data-wait {m['perf/data_wait']:.2%}, MFU {m['perf/mfu']:.2f}, {m['perf/tokens_per_s']:.0f} tokens/s; "
+              f"evaluation: {evals}", flush=True)
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median over {len(rows)} trials: trial wall {med[0]:.1f} s, pre-training wall {med[1]:.1f} s, "
           f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only)")

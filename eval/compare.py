@@ -1,10 +1,16 @@
-"""Compare two or more encoders: paired bootstrap tests with Holm correction, and seed aggregates.
+"""Compare two or more encoders: within-pair tests over dev examples, seed aggregates and, between groups of
+pre-training seeds, the seed-level test.
 
     python -m eval.compare A B ... [--out DIR]
 
 Each input is an encoder folder (evaluated here with the suite options) or an eval.run output
 (its folder or results table), optionally prefixed GROUP= to group pretraining seeds:
-    python -m eval.compare jepa=runs/s0/export jepa=runs/s1/export mlm=runs/s2/export
+    python -m eval.compare jepa=runs/s0/export jepa=runs/s1/export mlm=runs/s2/export mlm=runs/s3/export
+
+Outputs: paired_example_tests.csv (per encoder pair: a paired bootstrap over the dev examples, Holm-corrected; it
+treats the encoders as fixed, so it is NOT a test between objectives), aggregate.csv (mean +- std over the encoders
+of each group) and, for every two groups with at least two encoders each, seed_tests.csv (eval.stats.seed_tests:
+Welch and exact permutation tests over the per-seed values, Holm-corrected: the test between objectives).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from eval.config import SuiteConfig
 from eval.plots import plot_all
 from eval.report import is_run, read_run, write_run, write_table
 from eval.run import LOG_FORMAT, add_suite_args, config_from, glue_dir_from
-from eval.stats import aggregate_seeds, compare
+from eval.stats import aggregate_seeds, paired_example_tests, seed_tests
 from eval.suite import preflight, run_suite
 
 logger = logging.getLogger(__name__)
@@ -81,33 +87,60 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     inputs = [parse_input(a) for a in args.inputs]
-    cfg = config_from(args)
     try:
+        cfg = config_from(args)
         check_inputs(inputs, args, cfg)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
     results, replicates, spectra = load_inputs(inputs, args, cfg, args.out)
-    tests = compare(results, replicates, args.alpha)
+    tests = paired_example_tests(results, replicates, args.alpha)
     aggregate = aggregate_seeds(results)
+    between = group_seed_tests(results, args.alpha)
     write_table(results, args.out, "results")
-    write_table(tests, args.out, "comparison")
+    write_table(tests, args.out, "paired_example_tests")
     write_table(aggregate, args.out, "aggregate")
+    written = ["paired_example_tests.csv", "aggregate.csv"]
+    if not between.empty:
+        write_table(between, args.out, "seed_tests")
+        written.append("seed_tests.csv")
     plot_all(results, spectra, args.out / "plots")
-    _print_summary(tests, aggregate, args.alpha)
-    print(f"wrote {args.out}/comparison.csv, aggregate.csv, results.csv, plots/")
+    _print_summary(tests, aggregate, between, args.alpha)
+    print(f"wrote {args.out}/{', '.join(written)}, results.csv, plots/")
 
 
-def _print_summary(tests: pd.DataFrame, aggregate: pd.DataFrame, alpha: float) -> None:
+def group_seed_tests(results: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """eval.stats.seed_tests between every two groups that have at least two encoders (pre-training seeds) each."""
+    groups = results.groupby("group")["encoder"].nunique()
+    arms = [g for g in groups.index if groups[g] >= 2]
+    tidy = results.rename(columns={"group": "arm", "encoder": "seed"})
+    tidy = tidy if "protocol" in tidy.columns else tidy.assign(protocol="harness")
+    parts = [seed_tests(tidy[["arm", "seed", "task", "pooling", "metric", "protocol", "family", "value"]], a, b, alpha)
+             for i, a in enumerate(arms) for b in arms[i + 1 :]]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _print_summary(tests: pd.DataFrame, aggregate: pd.DataFrame, between: pd.DataFrame, alpha: float) -> None:
+    fmt = {"index": False, "float_format": lambda v: f"{v:.4g}"}
     if tests.empty:
-        print("no paired tests: the inputs share no task x pooling x metric on the same examples")
-        return
-    sig = tests[tests["significant"]]
-    print(f"{len(tests)} paired tests, {len(sig)} significant after Holm (alpha {alpha})")
-    cols = ["encoder_a", "encoder_b", "task", "pooling", "metric", "value_a", "value_b", "diff", "p_holm"]
-    if not sig.empty:
-        print(sig[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print("no within-pair tests: the inputs share no task x pooling x metric on the same examples")
+    else:
+        sig = tests[tests["significant"]]
+        print(f"{len(tests)} within-encoder-pair tests over dev examples (paired bootstrap; not a test between "
+              f"objectives), {len(sig)} significant after Holm (alpha {alpha})")
+        cols = ["encoder_a", "encoder_b", "task", "pooling", "metric", "value_a", "value_b", "diff", "p_holm"]
+        if not sig.empty:
+            print(sig[cols].to_string(**fmt))
     seeds = aggregate[aggregate["n_encoders"] > 1]
     if not seeds.empty:
         print("mean +- std over the encoders of each group:")
-        print(seeds.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(seeds.to_string(**fmt))
+    if not between.empty:
+        sig = between[between["significant"]]
+        print(f"{len(between)} seed-level tests between groups (Welch and exact permutation over per-seed values, "
+              f"Holm on {between['holm_on'].iloc[0]}), {len(sig)} significant (alpha {alpha})")
+        cols = ["arm_a", "arm_b", "task", "pooling", "metric", "protocol", "mean_a", "mean_b", "diff", "p_welch",
+                "p_permutation", "p_holm"]
+        if not sig.empty:
+            print(sig[cols].to_string(**fmt))

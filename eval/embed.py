@@ -2,7 +2,11 @@
 
 Token states are kept ragged (all real tokens of all texts stacked, plus offsets), so padding never
 enters a cache and memory follows the real token count. `StateCache` memoises them in memory and,
-given a directory, on disk, keyed by encoder + task + split + max length (+ a hash of the texts).
+given a directory, on disk, keyed by encoder + task + split + max length + mask mode (+ a hash of the texts).
+
+`attend_padding=True` replays the reference code (studies/paper/REFERENCE.md §2.1): every text is padded to
+max_len and the encoder runs WITHOUT an attention mask, so real tokens attend to the padding; the states of
+the real tokens are kept as usual.
 """
 
 from __future__ import annotations
@@ -94,15 +98,16 @@ class TokenStates:
 
 
 def padded_batches(
-    ids: list[list[int]], batch_size: int, pad_id: int = 0
+    ids: list[list[int]], batch_size: int, pad_id: int = 0, width: int | None = None
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Batches of token id lists in length order (little padding work): (the batch's indices into ids,
-    right-padded (batch, longest) input ids, their bool attention mask)."""
+    right-padded (batch, longest) input ids, their bool mask of real tokens); `width` pads every batch to it."""
     lengths = np.array([len(x) for x in ids])
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(ids), batch_size):
         idx = order[start : start + batch_size]
-        mask = torch.from_numpy(np.arange(lengths[idx].max())[None, :] < lengths[idx][:, None])
+        cols = lengths[idx].max() if width is None else max(width, lengths[idx].max())
+        mask = torch.from_numpy(np.arange(cols)[None, :] < lengths[idx][:, None])
         input_ids = torch.full(mask.shape, pad_id, dtype=torch.long)
         input_ids[mask] = torch.cat([torch.tensor(ids[i], dtype=torch.long) for i in idx])
         yield idx, input_ids, mask
@@ -115,14 +120,18 @@ def encode(
     texts: list[str],
     max_len: int = 128,
     batch_size: int = 64,
+    attend_padding: bool = False,
 ) -> TokenStates:
-    """Run the frozen encoder over texts in length-sorted batches with attention masks."""
+    """Run the frozen encoder over texts in length-sorted batches with attention masks; with attend_padding,
+    every batch is padded to max_len and attended in full (no mask), as the reference code ran."""
     ids = tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
     states = np.empty((offsets[-1], model.config.hidden_size), dtype=np.float32)
-    batches = padded_batches(ids, batch_size, tokenizer.pad_token_id or 0)
+    pad_id = tokenizer.pad_token_id or 0
+    batches = padded_batches(ids, batch_size, pad_id, width=max_len if attend_padding else None)
     for b, (idx, input_ids, mask) in enumerate(batches):
-        out = model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        attention = torch.ones_like(input_ids) if attend_padding else mask.long()
+        out = model(input_ids=input_ids, attention_mask=attention).last_hidden_state
         for row, i in enumerate(idx):
             states[offsets[i] : offsets[i + 1]] = out[row][mask[row]].float().numpy()
         if (b + 1) % 50 == 0:
@@ -141,15 +150,17 @@ class StateCache:
         max_len: int = 128,
         batch_size: int = 64,
         cache_dir: Path | None = None,
+        attend_padding: bool = False,
     ) -> None:
         self.model, self.tokenizer, self.key = model, tokenizer, key
-        self.max_len, self.batch_size = max_len, batch_size
+        self.max_len, self.batch_size, self.attend_padding = max_len, batch_size, attend_padding
         self.cache_dir = cache_dir
         self._memory: dict[str, TokenStates] = {}
 
     def get(self, task: str, split: str, texts: list[str]) -> TokenStates:
         digest = hashlib.sha1("\x00".join(texts).encode()).hexdigest()[:10]
-        name = f"{task}-{split}-len{self.max_len}-{digest}"
+        mode = "-nomask" if self.attend_padding else ""
+        name = f"{task}-{split}-len{self.max_len}{mode}-{digest}"
         if name in self._memory:
             return self._memory[name]
         file = self.cache_dir / self.key / f"{name}.npz" if self.cache_dir is not None else None
@@ -159,7 +170,7 @@ class StateCache:
             logger.info("%s/%s: %d texts from cache %s", task, split, len(texts), file)
         else:
             logger.info("%s/%s: encoding %d texts", task, split, len(texts))
-            states = encode(self.model, self.tokenizer, texts, self.max_len, self.batch_size)
+            states = encode(self.model, self.tokenizer, texts, self.max_len, self.batch_size, self.attend_padding)
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(file, states=states.states, input_ids=states.input_ids, offsets=states.offsets)

@@ -18,13 +18,21 @@ Definitions (x_hat = x / ||x||):
 - IsoScore (Rudman et al. 2022): from covariance eigenvalues, as in the IsoScore package.
 - mean cosine: mean_{i != j} cos(x_i, x_j).
 - class distance ratio: mean Euclidean distance of same-class pairs / that of different-class pairs.
+
+The reference protocol's variants (studies/paper/REFERENCE.md §2.3-2.7, representation_analysis.py) sit at the
+end: `alignment_pow4`, `reference_spectral_metrics` (Roy-Vetrov effective rank of the centred matrix, spectral
+entropy / log min(N, d), stable rank, rank_90), `reference_lexical_targets` and `reference_token_probe`.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
-from sklearn.linear_model import RidgeClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from common.spectra import rankme
@@ -85,18 +93,29 @@ def spectrum(
     x: np.ndarray, w: np.ndarray | None = None, centered: bool = True, chunk: int = 16
 ) -> np.ndarray:
     """Descending eigenvalues of the (weighted) covariance, or of x^T x when not centred."""
+    eigs = spectra(x, w, chunk, centered=centered, raw=not centered)
+    return eigs[0] if centered else eigs[1]
+
+
+def spectra(
+    x: np.ndarray, w: np.ndarray | None = None, chunk: int = 16, centered: bool = True, raw: bool = True
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(covariance eigenvalues, eigenvalues of x^T x), descending, from ONE weighted gram per resample; either may be
+    skipped (None). With (B, N) weights each is (B, d)."""
     xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
     wt = torch.ones(1, len(x), dtype=torch.float64) if w is None else torch.from_numpy(np.atleast_2d(w) * 1.0)
-    out = []
+    cov, unc = [], []
     for ws in wt.split(chunk):
         gram = (xt.T.unsqueeze(0) * ws.unsqueeze(1)) @ xt  # (b, d, d) = x^T diag(w) x
+        if raw:
+            unc.append(torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0))
         if centered:
             s = ws.sum(1)[:, None, None]
             mu = (ws @ xt).unsqueeze(2) / s  # (b, d, 1)
-            gram = (gram - s * mu @ mu.transpose(1, 2)) / (s - 1)
-        out.append(torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0))
-    eig = torch.cat(out).numpy()
-    return eig if w is not None and np.ndim(w) == 2 else eig[0]
+            cov.append(torch.linalg.eigvalsh((gram - s * mu @ mu.transpose(1, 2)) / (s - 1)).flip(-1).clamp_min(0.0))
+    one = w is None or np.ndim(w) == 1
+    out = tuple(torch.cat(e).numpy() if e else None for e in (cov, unc))
+    return tuple(e[0] if e is not None and one else e for e in out)  # type: ignore[return-value]
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -134,8 +153,8 @@ def isoscore(eigs: np.ndarray) -> np.ndarray:
 
 def spectral_metrics(x: np.ndarray, w: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every spectrum-based metric, computing each spectrum once (per bootstrap resample)."""
-    eigs = spectrum(x, w)
-    singular = np.sqrt(spectrum(x, w, centered=False))
+    eigs, raw = spectra(x, w)
+    singular = np.sqrt(raw)
     fits = np.array([alpha_req(e) for e in np.atleast_2d(eigs)])
     batched = eigs.ndim == 2
     return {
@@ -176,3 +195,120 @@ def lexical_probe(x: np.ndarray, targets: np.ndarray, seed: int = 0) -> tuple[np
         clf = RidgeClassifier(alpha=1.0).fit(scaler.transform(x[fit]), targets[fit])
         pred = clf.predict(scaler.transform(x[test]))
     return pred == targets[test], np.asarray(targets[test] == majority)
+
+
+# ---------------------------------------------------------------- the reference code's variants
+
+
+def score_bins(scores: np.ndarray) -> np.ndarray:
+    """STS-B scores in 5 classes, np.digitize(score, [1, 2, 3, 4]) (representation_analysis.py:run_analysis)."""
+    return np.digitize(scores, bins=[1, 2, 3, 4]).astype(int)
+
+
+def alignment_pow4(x: np.ndarray, labels: np.ndarray, w: np.ndarray | None = None):
+    """The reference alignment (representation_analysis.py:alignment_uniformity, alpha = 2): per label class, the mean
+    of ||x_hat_i - x_hat_j||^4 (the squared distance squared) over its pairs i < j; then the unweighted mean over the
+    classes with at least two members (a resample's class without two distinct points is skipped)."""
+    x_hat = normalize(np.asarray(x, dtype=np.float64))
+    per_class = []
+    for c in np.unique(labels):
+        m = labels == c
+        if m.sum() < 2:
+            continue
+        xc = x_hat[m]
+        wc = None if w is None else np.atleast_2d(w)[:, m]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            val = pair_mean(sq_dists(xc) ** 2, wc)
+        per_class.append(np.atleast_1d(val))
+    if not per_class:
+        return float("nan") if w is None or np.ndim(w) == 1 else np.full(len(w), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: no class with a pair in that resample
+        out = np.nanmean(np.stack(per_class), axis=0)
+    return float(out[0]) if w is None or np.ndim(w) == 1 else out
+
+
+def _entropy_filtered(p: np.ndarray) -> np.ndarray:
+    """-sum p log p over the entries p > 1e-12 (the reference's filter)."""
+    keep = p > 1e-12
+    return -(np.where(keep, p * np.log(np.where(keep, p, 1.0)), 0.0)).sum(-1)
+
+
+def reference_spectral_metrics(
+    x: np.ndarray, w: np.ndarray | None = None, erank_centered: bool = True, entropy_min_nd: bool = True
+) -> dict[str, np.ndarray]:
+    """The reference's spectrum numbers (representation_analysis.py:compute_eigenspectrum, effective_rank), from the
+    singular values S of the centred N x d matrix:
+    - effective_rank: exp(entropy of S / sum S), entries p <= 1e-12 dropped (Roy & Vetrov; RankMe on the raw matrix
+      when erank_centered is off);
+    - spectral_entropy: entropy of S^2 / sum S^2 divided by log(min(N, d)) (log d when entropy_min_nd is off);
+    - stable_rank: sum S^2 / S_0^2; rank_90: the number of components that reach 90% of the variance.
+    Without weights S comes from an SVD, as in the reference; with (B, N) resample weights, from the weighted gram."""
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    if w is None:
+        s_c = np.linalg.svd(x - x.mean(0, keepdims=True), compute_uv=False)[None]
+        s_raw = None if erank_centered else np.linalg.svd(x, compute_uv=False)[None]
+    else:
+        eig_c, eig_raw = spectra(x, np.atleast_2d(w), raw=not erank_centered)
+        s_c = np.sqrt(eig_c * (np.atleast_2d(w).sum(1, keepdims=True) - 1))  # covariance -> S^2 scale
+        s_raw = None if eig_raw is None else np.sqrt(eig_raw)
+    s_for_erank = s_c if erank_centered else s_raw
+    p = s_for_erank / (s_for_erank.sum(-1, keepdims=True) + 1e-12)
+    erank = np.exp(_entropy_filtered(p))
+    eig = s_c**2
+    total = eig.sum(-1, keepdims=True)
+    q = eig / (total + 1e-12)
+    q = q / (q.sum(-1, keepdims=True) + 1e-12)
+    k = min(n, d) if entropy_min_nd else d
+    entropy = _entropy_filtered(q) / np.log(k + 1e-12)
+    stable = eig.sum(-1) / (eig[:, 0] + 1e-12)
+    cum = np.cumsum(eig, -1) / (total + 1e-12)
+    rank_90 = np.array([np.searchsorted(c, 0.90) + 1 for c in cum], dtype=float)
+    out = {"effective_rank": erank, "spectral_entropy": entropy, "stable_rank": stable, "rank_90": rank_90}
+    one = w is None or np.ndim(w) == 1
+    return {k: (float(v[0]) if one else v) for k, v in out.items()}
+
+
+def reference_lexical_targets(token_ids: list[list[int]], special_ids: set[int]) -> np.ndarray:
+    """The reference token-probe target of each text (representation_analysis.py:token_probe): the most frequent
+    non-special token id of the UNTRUNCATED text, ties to the SMALLEST id (np.bincount(ids).argmax()), 0 if none."""
+    out = np.zeros(len(token_ids), dtype=np.int64)
+    for i, ids in enumerate(token_ids):
+        ids = [t for t in ids if t not in special_ids]
+        if ids:
+            out[i] = int(np.bincount(ids).argmax())
+    return out
+
+
+def reference_token_probe(x: np.ndarray, targets: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The reference token probe (representation_analysis.py:token_probe): rows whose target class has fewer than 5
+    members dropped; StandardScaler fitted on ALL kept rows; LogisticRegression(saga, C=1, max_iter=500) (seeded here,
+    unseeded there) scored by 3-fold UNSHUFFLED stratified cross-validation.
+
+    Returns {"fold_acc": (3,) fold accuracies (the reference reports their mean and std), "fold_majority": the same
+    for the majority target of the fitting folds (a baseline the reference does not report), "correct" and
+    "majority_correct": out-of-fold correctness of each kept row, "kept": (N,) bool}; empty arrays when fewer than
+    two classes remain."""
+    classes, counts = np.unique(targets, return_counts=True)
+    kept = np.isin(targets, classes[counts >= 5])
+    xs, ys = x[kept], targets[kept]
+    empty = {"fold_acc": np.array([]), "fold_majority": np.array([]), "correct": np.array([]),
+             "majority_correct": np.array([]), "kept": kept}
+    if len(np.unique(ys)) < 2:
+        return empty
+    xs = StandardScaler().fit_transform(xs)
+    correct, majority = np.zeros(len(ys), bool), np.zeros(len(ys), bool)
+    fold_acc, fold_majority = [], []
+    for fit, test in StratifiedKFold(n_splits=3, shuffle=False).split(xs, ys):
+        clf = LogisticRegression(C=1.0, solver="saga", max_iter=500, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # the reference silences them all
+            clf.fit(xs[fit], ys[fit])
+        correct[test] = clf.predict(xs[test]) == ys[test]
+        values, counts_fit = np.unique(ys[fit], return_counts=True)
+        majority[test] = ys[test] == values[np.argmax(counts_fit)]
+        fold_acc.append(correct[test].mean())
+        fold_majority.append(majority[test].mean())
+    return {"fold_acc": np.array(fold_acc), "fold_majority": np.array(fold_majority), "correct": correct,
+            "majority_correct": majority, "kept": kept}

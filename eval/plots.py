@@ -1,6 +1,8 @@
-"""PNG plots of results tables (one or many encoders), drawn on matplotlib Agg canvases.
+"""PNG plots of results tables (one or many encoders, either protocol), drawn on matplotlib Agg canvases.
 
-Figures are built with the object API (no pyplot), so no global backend or state is touched.
+Figures are built with the object API (no pyplot), so no global backend or state is touched. Rows of the reference
+protocol are labelled "<encoder> (ref)"; families other than probe and geom are columns "<family>:<metric>" of the
+heat maps, and the draw spreads (`*_draw_std`) are left out of them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """Encoder labels that keep the two protocols apart."""
+    if df.empty or "protocol" not in df.columns:
+        return df
+    ref = df["protocol"] == "reference"
+    return df.assign(encoder=df["encoder"].where(~ref, df["encoder"] + " (ref)"))
+
+
 def plot_all(results: pd.DataFrame, spectra: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    results, spectra = _labelled(results), _labelled(spectra)
     paths = [plot_alignment_uniformity(results, out_dir / "alignment_uniformity.png")]
     if not spectra.empty:
         paths.append(plot_spectra(spectra, out_dir / "eigen_spectra.png"))
@@ -54,6 +65,9 @@ def plot_alignment_uniformity(results: pd.DataFrame, path: Path) -> Path:
 
 def plot_heatmap(results: pd.DataFrame, path: Path) -> Path:
     """Rows encoder/task, columns metrics; colour = value scaled to 0..1 within each column."""
+    results = results[~results["metric"].str.endswith("_draw_std")]
+    plain = results["family"].isin(["probe", "geom"])
+    results = results.assign(metric=results["metric"].where(plain, results["family"] + ":" + results["metric"]))
     wide = results.pivot_table(index=["encoder", "task"], columns="metric", values="value", sort=False)
     scaled = ((wide - wide.min()) / (wide.max() - wide.min()).replace(0, 1)).to_numpy(dtype=float)
     fig = Figure(figsize=(1.5 + 0.7 * wide.shape[1], 2 + 0.35 * wide.shape[0]))

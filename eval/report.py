@@ -37,11 +37,14 @@ def is_run(path: Path) -> bool:
 
 
 def read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(results, replicates, spectra) of an eval.run folder or of its results table."""
+    """(results, replicates, spectra) of an eval.run folder or of its results table. Folders written before the
+    `protocol` column existed hold harness-protocol rows and get protocol="harness"."""
     folder = path if path.is_dir() else path.parent
     results = pd.read_parquet(folder / "results.parquet")  # the CSV beside it holds the same table
     if not (folder / "replicates.parquet").is_file():
         raise FileNotFoundError(f"{folder} has no replicates.parquet: re-run eval.run to get paired comparisons")
     spectra_file = folder / "spectra.parquet"
     spectra = pd.read_parquet(spectra_file) if spectra_file.is_file() else pd.DataFrame()
-    return results, pd.read_parquet(folder / "replicates.parquet"), spectra
+    tables = (results, pd.read_parquet(folder / "replicates.parquet"), spectra)
+    return tuple(t if t.empty or "protocol" in t.columns else t.assign(protocol="harness")  # type: ignore[return-value]
+                 for t in tables)

@@ -96,6 +96,19 @@ class TaskData:
     train: pd.DataFrame
     dev: pd.DataFrame
     note: str = ""  # e.g. how MNLI was split offline; copied into every output row
+    # The published dev split whole, in file order (what the reference analysis reads); None: the same as `dev`.
+    # Differs from `dev` for offline MNLI, whose `dev` is one half of dev_matched.
+    dev_all: pd.DataFrame | None = None
+
+    @property
+    def published_dev(self) -> pd.DataFrame:
+        return self.dev if self.dev_all is None else self.dev_all
+
+
+def joint_texts(df: pd.DataFrame) -> list[str]:
+    """A pair task's rows as ONE text each, f"{s1} [SEP] {s2}", as the reference analysis embeds them
+    (representation_analysis.py:load_split); a BERT tokenizer turns the literal [SEP] into the special token."""
+    return [f"{a} [SEP] {b}" for a, b in zip(df["text_a"], df["text_b"], strict=True)]
 
 
 def get_spec(name: str) -> TaskSpec:
@@ -151,7 +164,7 @@ def load_task(name: str, glue_dir: Path | None) -> TaskData:
         f"(seed {MNLI_SPLIT_SEED}) of {spec.files['dev']}, scored on the other half"
     )
     train, dev = (dev.iloc[part].reset_index(drop=True) for part in (order[:half], order[half:]))
-    return TaskData(spec, train, dev, note)
+    return TaskData(spec, train, dev, note, dev_all=frames["dev"])
 
 
 def _read_local(spec: TaskSpec, path: Path) -> pd.DataFrame:

@@ -122,7 +122,7 @@ class StudyConfig:
     name: str = "study"  # the study's folder under <output_dir>/studies and its MLflow parent run
     num_samples: int = 8  # trials drawn by the searcher (grid studies run their grid instead)
     max_concurrent: int = 2
-    metric: tuple[str, ...] = ("probe/mean_score",)  # two metrics: multi-objective (a Pareto front)
+    metric: tuple[str, ...] = ("select/mean_score",)  # held-out TRAIN; two metrics: multi-objective (a Pareto front)
     mode: tuple[Literal["max", "min"], ...] = ("max",)
     scheduler: Literal["asha", "none"] = "asha"  # ASHA stops on the quick probe at every eval step
     grace_period: int | None = None  # steps before ASHA may stop a trial; None: 2 x train.eval_every

@@ -23,10 +23,22 @@ from ray.train.torch import TorchTrainer
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from harness.config import Config
+from harness.config import Config, ConfigError
 
-QUICK_METRIC = "probe/quick_score"  # reported at every eval step; what ASHA stops on
+QUICK_METRIC = "select/quick_score"  # held-out TRAIN, reported at every eval step; what ASHA stops on
 TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
+# What may rank trials: probes scored on held-out TRAIN data, and the pre-training's own metrics. GLUE dev (probe/*,
+# geom/*, the reference protocol's ref/*) is the final score of a finished trial, never a selection metric.
+SELECTION_PREFIXES = ("select/", "train/", "val/")
+
+
+def check_selection(metrics: Sequence[str]) -> None:
+    """Every metric that ranks trials (Optuna, ASHA, the best config, the Pareto front) is a selection metric."""
+    for metric in metrics:
+        if not metric.startswith(SELECTION_PREFIXES):
+            raise ConfigError(f"study.metric={metric!r}: trials are selected on held-out TRAIN data (select/*) or on "
+                              "the pre-training's train/* and val/* metrics, never on GLUE dev: probe/*, geom/* and "
+                              "ref/* are the final scores of finished trials. Use e.g. select/mean_score.")
 
 
 def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: dict[str, Any],
@@ -84,6 +96,7 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
     Intermediate results lack the optimised metric (see FinalResultOptunaSearch), so Tune's strict
     check that every result carries every metric is switched off for this driver process."""
     s = cfg.study
+    check_selection([*s.metric, QUICK_METRIC])
     _allow_partial_results()
     if (search_space is None) == (grid is None):
         raise ValueError("give exactly one of search_space (Optuna) or grid (explicit trials)")

@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import shlex
 import shutil
 import sys
@@ -46,6 +45,15 @@ from harness.config import Config, ConfigError, config_from_dict, load_config, r
 from harness.launch import build_trainer
 from harness.perf import peak_flops
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
+from harness.step import (
+    build_optimizer,
+    compile_enabled,
+    compile_forward,
+    ffn_gemm_shape,
+    lr_multiplier,
+    train_step,
+    worker_threads,
+)
 from harness.stream import MaskingStage, derived_seed, device_batches, epochs_needed, masked_datasets
 from models import export_encoder, momentum_at
 from objectives import PretrainModule, mask_plan, train_flops_per_step
@@ -64,30 +72,6 @@ class Progress:
     step: int = 0  # optimiser steps done
     epoch: int = 0
     position: int = 0  # batches of the masked stream (all epochs) already consumed
-
-
-def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup then cosine decay; step 0 (the first optimiser step) already uses warmup's first lr."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def worker_threads(cfg: Config) -> int:
-    """Torch threads of a worker: train.torch_threads, else its CPU share rounded (at least 1)."""
-    return cfg.train.torch_threads or max(1, round(cfg.train.cpus_per_worker))
-
-
-def ffn_gemm_shape(cfg: Config) -> tuple[int, int, int]:
-    """(tokens of a batch, width, FFN width): the GEMM whose matmul rate MFU is measured against on CPU."""
-    return cfg.optim.batch_size * cfg.data.seq_len, cfg.model.hidden_size, cfg.model.intermediate_size
-
-
-def build_optimizer(module: PretrainModule, cfg: Config) -> torch.optim.AdamW:
-    """AdamW, fused on CPU and GPU alike (one kernel over all tensors instead of a Python loop per tensor)."""
-    o = cfg.optim
-    return torch.optim.AdamW(module.param_groups(o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -202,27 +186,6 @@ class IntervalTimer:
         }
 
 
-def train_step(model: torch.nn.Module, module: PretrainModule, optimizer: torch.optim.Optimizer,
-               batch: MaskedBatch, grad_clip: float, momentum: float, diagnostics: bool
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-    """One optimisation step: the objective's forward (bf16 autocast on GPU), backward, gradient clipping of the
-    networks' parameters (never the loss weighting's), AdamW, EMA target update. `model` runs the forward (DDP
-    and/or compiled); `module` is the bare PretrainModule under it. Returns the loss and the metrics with the
-    networks' gradient norm; nothing syncs."""
-    device = batch.input_ids.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss, metrics = model(batch, diagnostics=diagnostics)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    max_norm = grad_clip if grad_clip > 0 else float("inf")  # inf: measure the norm, clip nothing
-    # The networks only: at initialisation |dL/dw| of a learned λ is about the whole network's gradient norm, so
-    # counting it would make the networks' clip factor depend on the loss gap.
-    grad_norm = torch.nn.utils.clip_grad_norm_(module.network_parameters(), max_norm, foreach=True)
-    optimizer.step()
-    module.nets.update_target(momentum)
-    return loss, {**metrics, "grad_norm": grad_norm}
-
-
 def held_out_batches(shard, cfg: Config, device: torch.device) -> list[MaskedBatch]:
     """The first `train.eval_batches` held-out batches (masked once, with fixed seeds, by the stream), kept on
     the device: every validation scores the same tokens and masks, and reads the data only once."""
@@ -291,14 +254,9 @@ def set_up(cfg: Config) -> Worker:
                     progress.step, progress.epoch, progress.position)
     model = ray.train.torch.prepare_model(module)  # DDP (gloo on CPU, NCCL on GPU) when world > 1
     if compile_enabled(cfg, device):
-        model = torch.compile(model, dynamic=True)  # mask sizes vary per batch
+        model = compile_forward(model)
     return Worker(cfg, context.get_world_rank(), context.get_world_size(), device, module, model, optimizer,
                   scheduler, progress)
-
-
-def compile_enabled(cfg: Config, device: torch.device) -> bool:
-    """train.compile, or by default: on for CUDA, off on CPU (where compiling costs minutes)."""
-    return cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
 
 
 def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, export: bool) -> None:

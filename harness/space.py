@@ -9,6 +9,7 @@ A search space is nested like the config, with one distribution per leaf:
 
 `load_space` flattens it to {dotted key: Optuna distribution} (`masking.enc_mask_scale.0` is a pair's
 low end); `apply_params` sets such dotted keys on a base config, the one rule for every trial.
+A grid study's arms are matched on equal steps or on equal model FLOPs by `matched_steps`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import optuna
 import yaml
 
 from harness.config import Config, ConfigError, apply_overrides, override_config, resolve_path
+from objectives import train_flops_per_step
 
 Space = dict[str, optuna.distributions.BaseDistribution]  # dotted config key -> distribution
 
@@ -117,3 +119,23 @@ def check_space(cfg: Config, space: Space) -> None:
             apply_params(cfg, corner)
         except ConfigError as e:
             raise ConfigError(f"search space: the corner {corner} gives an invalid config: {e}") from None
+
+
+def matched_steps(cfg: Config, arms: Mapping[str, Mapping[str, Any]], match: str,
+                  reference: str) -> list[dict[str, Any]]:
+    """Steps of each arm ({name: dotted overrides}) of a grid study: `match: steps` gives every arm the base
+    config's optim.max_steps; `match: flops` gives every arm the model-FLOPs budget of the `reference` arm at
+    those steps (objectives.train_flops_per_step; warmup scaled alike). One row per arm: arm, steps, warmup,
+    GFLOP/step, total PFLOP."""
+    if match not in ("steps", "flops"):
+        raise ConfigError(f"spec: match={match!r}: must be steps or flops")
+    if reference not in arms:
+        raise ConfigError(f"spec: reference={reference!r}: must be one of the arms {list(arms)}")
+    steps, warmup = cfg.optim.max_steps, cfg.optim.warmup_steps
+    flops = {arm: train_flops_per_step(apply_params(cfg, overrides)) for arm, overrides in arms.items()}
+    rows = []
+    for arm in arms:
+        n = steps if match == "steps" else max(1, round(steps * flops[reference] / flops[arm]))
+        rows.append({"arm": arm, "steps": n, "warmup": min(n, round(warmup * n / steps)),
+                     "GFLOP/step": flops[arm] / 1e9, "total PFLOP": n * flops[arm] / 1e15})
+    return rows

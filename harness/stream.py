@@ -148,6 +148,11 @@ def device_batches(shard: ray.data.DataIterator, device: torch.device, prefetch_
     copy that overlaps the previous step's compute."""
     for row in shard.iter_torch_batches(batch_size=1, device="cpu", prefetch_batches=prefetch_batches):
         batch, epoch = unpack(row)
-        if device.type == "cuda":
-            batch = batch.pin_memory()
-        yield batch.to(device, non_blocking=True), epoch
+        yield to_device(batch, device), epoch
+
+
+def to_device(batch: MaskedBatch, device: torch.device) -> MaskedBatch:
+    """A CPU batch on `device`: pinned first on CUDA, so that the copy is asynchronous."""
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)

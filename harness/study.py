@@ -5,7 +5,8 @@
         study.report(result)                          # summary table, best config, importances, report.md
 
 Trials (harness.trial) are either drawn by Optuna from a search space (harness.space) or given as an
-explicit grid of `TrialSpec`s.
+explicit grid of `TrialSpec`s. Every finished trial is evaluated under each of the study's evaluation
+`protocols` (default: the harness's own; `("harness", "reference")` adds the paper's reference protocol).
 
 A study lives in <output_dir>/studies/<study.name>/: study.json (parent run id, what the study is),
 tune/ (Tune's state), train/ (each trial's Train run and checkpoints), trials/<label>/ (encoder, eval),
@@ -37,7 +38,7 @@ from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
 from harness.pretrain import prepare_run
 from harness.space import Space, apply_params, check_space
 from harness.study_report import StudyResult, trial_table, write_report
-from harness.trial import StudyContext, TrialSpec, check_metrics, run_trial
+from harness.trial import StudyContext, TrialSpec, check_metrics, protocol_suite, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +116,18 @@ class Study:
         return write_report(result, self.cfg, self.space, list(sections))
 
 
-def fingerprint(cfg: Config, space: Space | None, grid: list[TrialSpec] | None) -> dict[str, Any]:
-    """What a study is, as JSON: its config without the RESOURCE_KEYS, its space or its grid."""
+def fingerprint(cfg: Config, space: Space | None, grid: list[TrialSpec] | None,
+                protocols: Sequence[str] = ("harness",)) -> dict[str, Any]:
+    """What a study is, as JSON: its config without the RESOURCE_KEYS, its space or its grid, and its evaluation
+    protocols (left out when only the harness's)."""
     what = cfg.to_dict()
     for section, key in RESOURCE_KEYS:
         del what[section][key]
-    return json.loads(json.dumps({"config": what, "space": {k: repr(v) for k, v in (space or {}).items()},
-                                  "grid": [dataclasses.asdict(t) for t in grid or []]}, default=str))
+    out = {"config": what, "space": {k: repr(v) for k, v in (space or {}).items()},
+           "grid": [dataclasses.asdict(t) for t in grid or []]}
+    if tuple(protocols) != ("harness",):
+        out["protocols"] = list(protocols)
+    return json.loads(json.dumps(out, default=str))
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -142,8 +148,9 @@ def warn_if_crowded(cfg: Config) -> None:
                        "study.max_concurrent or train.cpus_per_worker.", cfg.study.max_concurrent, taken, cpus)
 
 
-def _check(cfg: Config, space: Space | None, grid: list[TrialSpec] | None) -> tuple[Path | None, SuiteConfig]:
-    """Everything that needs no data, no Ray and no store: the GLUE folder and the suite's settings."""
+def _check(cfg: Config, space: Space | None, grid: list[TrialSpec] | None,
+           protocols: Sequence[str]) -> tuple[Path | None, tuple[SuiteConfig, ...]]:
+    """Everything that needs no data, no Ray and no store: the GLUE folder and the suites' settings."""
     if (space is None) == (grid is None):
         raise ValueError("a study searches a space (Optuna) or runs a grid of trials, not both or neither")
     if cfg.study.scheduler == "asha" and not cfg.train.eval_every:
@@ -155,22 +162,28 @@ def _check(cfg: Config, space: Space | None, grid: list[TrialSpec] | None) -> tu
         apply_params(cfg, spec.overrides)
     if grid and len({t.label for t in grid}) != len(grid):
         raise ConfigError("grid trials need distinct labels")
+    if not protocols or len(set(protocols)) != len(protocols) or protocols[0] != "harness":
+        raise ConfigError(f"evaluation protocols {list(protocols)}: distinct names, the harness's first")
     glue_dir = Path(resolve_location(cfg.eval.glue_dir)) if cfg.eval.glue_dir else None
-    suite = cfg.eval.suite_config()
+    suites = tuple(protocol_suite(cfg.eval.suite_config(), p) for p in protocols)
     try:
-        preflight_tasks(glue_dir, suite, cfg.eval.quick_tasks)
+        for suite in suites:
+            preflight_tasks(glue_dir, suite, cfg.eval.quick_tasks)
     except ValueError as e:  # an unknown task or pooling name
         raise ConfigError(f"eval: {e}") from None
-    return glue_dir, suite
+    return glue_dir, suites
 
 
 @contextmanager
-def open_study(cfg: Config, space: Space | None = None, grid: list[TrialSpec] | None = None) -> Iterator[Study]:
-    """Check everything cheap, prepare the data once, open (or reopen) the study's MLflow parent run."""
-    glue_dir, suite = _check(cfg, space, grid)
+def open_study(cfg: Config, space: Space | None = None, grid: list[TrialSpec] | None = None,
+               protocols: Sequence[str] = ("harness",)) -> Iterator[Study]:
+    """Check everything cheap, prepare the data once, open (or reopen) the study's MLflow parent run.
+    `protocols`: the evaluation protocols of every finished trial, the harness's first."""
+    protocols = tuple(protocols)
+    glue_dir, suites = _check(cfg, space, grid, protocols)
     study_dir = resolve_path(cfg.output_dir) / "studies" / cfg.study.name
     state_file = study_dir / "study.json"
-    what = fingerprint(cfg, space, grid)
+    what = fingerprint(cfg, space, grid, protocols)
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
     if state is not None and state["fingerprint"] != what:
         diffs = differences(state["fingerprint"], what)
@@ -191,5 +204,5 @@ def open_study(cfg: Config, space: Space | None = None, grid: list[TrialSpec] | 
             study_dir.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"parent_run_id": parent.run_id, "fingerprint": what,
                                               "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
-        context = StudyContext(prepared.cfg, prepared, quick, suite, glue_dir, study_dir, parent.run_id)
+        context = StudyContext(prepared.cfg, prepared, quick, suites, glue_dir, study_dir, parent.run_id)
         yield Study(context, space, grid, resumed=state is not None)

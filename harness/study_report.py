@@ -1,5 +1,9 @@
 """A study's summary: the trial table (read back from MLflow, so it survives resumes), the best config or
-the Pareto front, Optuna's hyperparameter importances, plots and report.md, all logged to the parent run."""
+the Pareto front, Optuna's hyperparameter importances, plots and report.md, all logged to the parent run.
+
+Trials are ranked, and the best config and the Pareto front chosen, on the study's selection metrics only
+(`study.metric`, which `harness.launch.check_selection` keeps to select/*, train/* and val/*). The final dev score
+of a finished trial (FINAL_METRICS) is shown beside them and never read by any choice."""
 
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from matplotlib.figure import Figure
 
 from harness import tracking
 from harness.config import Config, override_config
-from harness.launch import QUICK_METRIC
+from harness.launch import QUICK_METRIC, check_selection
 from harness.space import Space
 
 logger = logging.getLogger(__name__)
 
 SHOWN_METRICS = (QUICK_METRIC, "val/loss_mlm", "val/loss_jepa", "train/lambda", "perf/trial_wall_s")
+FINAL_METRICS = ("probe/mean_score",)  # GLUE dev: the final score of a finished trial, shown, never selected on
 
 
 @dataclass
@@ -49,8 +54,10 @@ def param_value(text: str) -> Any:
 
 
 def trial_table(uri: str, parent_run_id: str, cfg: Config) -> pd.DataFrame:
-    """One row per child run: label, outcome, the trial's overrides (trial.*), the study's metrics."""
-    shown = list(dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS]))
+    """One row per child run: label, outcome, the trial's overrides (trial.*), the study's metrics, the final dev
+    score; sorted by the first selection metric."""
+    check_selection(cfg.study.metric)
+    shown = list(dict.fromkeys([*cfg.study.metric, *SHOWN_METRICS, *FINAL_METRICS]))
     rows = []
     for run in tracking.child_runs(uri, parent_run_id):
         tags, metrics = run["tags"], run["metrics"]
@@ -163,6 +170,7 @@ def plot_pareto(table: pd.DataFrame, front: pd.DataFrame, metrics: tuple[str, ..
 def write_report(result: StudyResult, cfg: Config, space: Space | None, sections: list[tuple[str, str]]) -> Path:
     """Write report/ under the study's folder and log it, the best trial and the outcome counts to the parent
     run (the active MLflow run)."""
+    check_selection(cfg.study.metric)
     out = result.study_dir / "report"
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -174,7 +182,10 @@ def write_report(result: StudyResult, cfg: Config, space: Space | None, sections
     md = [f"# Study `{cfg.study.name}`", "",
           f"{len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}); optimised: "
           + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes, strict=True))
-          + f"; scheduler: {cfg.study.scheduler}; wall time {result.wall_s / 60:.1f} min.", ""]
+          + f"; scheduler: {cfg.study.scheduler}; wall time {result.wall_s / 60:.1f} min. Trials are ranked on "
+          "selection metrics only (select/*: probes scored on held-out train data); "
+          + ", ".join(FINAL_METRICS) + " is the final GLUE dev score of a finished trial, never used to choose.",
+          ""]
     logged: dict[str, float] = {f"trials/{k}": float(v) for k, v in counts.items()}
     if not done.empty:
         best = pareto_front(done, metrics, modes) if len(metrics) > 1 else done.head(1)

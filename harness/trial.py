@@ -2,13 +2,21 @@
 
 A trial is one pre-training run (harness.pretrain.train, a TorchTrainer inside the trial) under a child
 MLflow run of the study's parent run. It reports the quick probe at every eval step (what ASHA stops on);
-a trial that reaches its last step gets the full evaluation suite in a Ray task, logs the suite's metrics
-and tables to its run, and its final report carries the study's metric(s) (`check_metrics` says which).
+a trial that reaches its last step gets the full evaluation suite in a Ray task (under each of the study's
+evaluation protocols), logs the suite's metrics and tables to its run, and its final report carries the
+study's metric(s) (`check_metrics` says which).
+
+Selection never reads GLUE dev. Everything that ranks trials (ASHA, Optuna, the best config, the Pareto front)
+reads `select/*` metrics (probes scored on held-out TRAIN data) or the pre-training's own `train/*` and `val/*`;
+dev scores (`probe/*`), dev geometry (`geom/*`) and the reference protocol's rows (`ref/*`) are the final,
+untouched numbers of finished trials: logged to MLflow, never reported to Tune.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +27,13 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from eval.config import PROTOCOLS
 from eval.quick import QuickTask
 from eval.report import write_run
-from eval.suite import SuiteConfig, headline_metrics, result_metrics, run_suite
+from eval.suite import PROTOCOL_PREFIX, SuiteConfig, headline_metrics, result_metrics, run_suite
 from harness import tracking
 from harness.config import Config, ConfigError
-from harness.launch import QUICK_METRIC
+from harness.launch import QUICK_METRIC, SELECTION_PREFIXES, check_selection
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
 
@@ -46,7 +55,7 @@ class StudyContext:
     cfg: Config
     prepared: PreparedRun
     quick: list[QuickTask]
-    suite: SuiteConfig
+    suites: tuple[SuiteConfig, ...]  # one per evaluation protocol, the harness's first
     glue_dir: Path | None
     study_dir: Path
     parent_run_id: str
@@ -67,25 +76,58 @@ class ForwardEvalReports(TuneReportCallback):
 
 
 def check_metrics(cfg: Config) -> None:
-    """The optimised metric(s) must be something a finished trial reports."""
+    """The optimised metric(s) must be selection metrics (never GLUE dev) that a finished trial reports."""
+    check_selection(cfg.study.metric)
+    quick = {QUICK_METRIC, *(f"select/quick/{t}" for t in cfg.eval.quick_tasks)}
     for metric in cfg.study.metric:
         parts = metric.split("/")
-        headline = metric in ("probe/mean_score", "geom/mean_uniformity") or (
-            parts[:2] == ["probe", "mean_score"] and len(parts) == 3 and parts[2] in cfg.eval.poolings)
-        per_task = len(parts) == 4 and parts[0] in ("probe", "geom") and parts[1] in cfg.eval.tasks \
-            and parts[2] in cfg.eval.poolings
-        if not (metric.startswith(("train/", "val/")) or headline or per_task):
-            raise ConfigError(f"study.metric={metric!r}: a finished trial reports probe/mean_score, "
-                              "probe/mean_score/<pooling>, geom/mean_uniformity, probe|geom/<task>/<pooling>/<metric> "
-                              f"for eval.tasks={list(cfg.eval.tasks)} x eval.poolings={list(cfg.eval.poolings)}, "
-                              "and val/... or train/... metrics")
+        headline = metric == "select/mean_score" or metric in quick or (
+            parts[:2] == ["select", "mean_score"] and len(parts) == 3 and parts[2] in cfg.eval.poolings)
+        per_task = len(parts) == 4 and parts[1] in cfg.eval.tasks and parts[2] in cfg.eval.poolings
+        if parts[0] == "select" and not (headline or per_task):
+            raise ConfigError(f"study.metric={metric!r}: a finished trial reports select/mean_score, "
+                              "select/mean_score/<pooling>, select/quick_score, select/quick/<quick task> and "
+                              f"select/<task>/<pooling>/<metric> for eval.tasks={list(cfg.eval.tasks)} x "
+                              f"eval.poolings={list(cfg.eval.poolings)}")
 
 
-def _evaluate(encoder: Path, glue_dir: Path | None, suite: SuiteConfig, out_dir: Path, name: str,
-              group: str) -> pd.DataFrame:
-    result = run_suite(encoder, glue_dir=glue_dir, cfg=suite, name=name, group=group)
-    write_run(result.results, result.replicates, result.spectra, out_dir)
-    return result.results
+def protocol_suite(suite: SuiteConfig, protocol: str) -> SuiteConfig:
+    """The suite under one evaluation protocol (eval.config.SuiteConfig.protocol). eval.max_dev caps the dev rows of
+    both: the harness protocol takes a seeded sample of them, the reference's analysis the first ones in file order
+    (its reference_n, the reference code's --max_samples)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"evaluation protocol {protocol!r}: must be one of {list(PROTOCOLS)}")
+    if protocol == "reference" and suite.max_dev is not None:
+        return dataclasses.replace(suite, protocol=protocol, reference_n=min(suite.reference_n, max(suite.max_dev, 10)))
+    return dataclasses.replace(suite, protocol=protocol)
+
+
+def eval_folder(protocol: str) -> str:
+    """A trial's evaluation folder (and MLflow artifact) under one protocol: eval/, eval_reference/."""
+    return "eval" if protocol == "harness" else f"eval_{protocol}"
+
+
+def protocol_metrics(results: pd.DataFrame, protocol: str) -> dict[str, float]:
+    """A protocol's results as metrics: every row (`eval.suite.result_metrics`) and the headline numbers, named
+    with the protocol's prefix (`ref/geom/sst2/mean/uniformity`; none for the harness protocol)."""
+    metrics = {**result_metrics(results), **headline_metrics(results)}
+    stray = [k for k in metrics if not k.startswith(PROTOCOL_PREFIX[protocol])]
+    if stray:
+        raise RuntimeError(f"the {protocol} protocol's metrics {stray[:3]} lack its prefix")
+    return metrics
+
+
+def _evaluate(encoder: Path, glue_dir: Path | None, suites: Sequence[SuiteConfig], trial_dir: Path, name: str,
+              group: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The suite under each protocol, its tables written to the protocol's folder; (metrics, wall seconds)."""
+    metrics, walls = {}, {}
+    for suite in suites:
+        start, protocol = time.time(), suite.protocol
+        result = run_suite(encoder, glue_dir=glue_dir, cfg=suite, name=name, group=group)
+        write_run(result.results, result.replicates, result.spectra, trial_dir / eval_folder(protocol))
+        metrics.update(protocol_metrics(result.results, protocol))
+        walls[f"perf/eval_{protocol}_wall_s"] = time.time() - start
+    return metrics, walls
 
 
 def run_trial(params: dict[str, Any], context: StudyContext) -> None:
@@ -112,15 +154,17 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         # "DEFAULT": not inside the trial's placement group (Tune captures child tasks into it by default)
         options = {"num_cpus": cfg.eval.cpus, "num_gpus": 1 if cfg.train.use_gpu else 0,
                    "scheduling_strategy": "DEFAULT"}
-        results = ray.get(ray.remote(_evaluate).options(**options).remote(
-            Path(summary["encoder"]), context.glue_dir, context.suite, trial_dir / "eval", spec.label,
+        final, eval_walls = ray.get(ray.remote(_evaluate).options(**options).remote(
+            Path(summary["encoder"]), context.glue_dir, context.suites, trial_dir, spec.label,
             spec.group or spec.label))
         # The evaluation ran in its own task, outside this run: its metrics and tables are logged here.
-        final = {**result_metrics(results), **headline_metrics(results)}
         tracking.log_metrics(final)
-        tracking.log_artifact(trial_dir / "eval", "eval")
+        for suite in context.suites:
+            folder = eval_folder(suite.protocol)
+            tracking.log_artifact(trial_dir / folder, folder)
         recorded = tracking.read_run(uri, run.run_id)["metrics"]
-        wall = {"perf/trial_wall_s": time.time() - start, "perf/trial_train_wall_s": trained - start}
+        wall = {"perf/trial_wall_s": time.time() - start, "perf/trial_train_wall_s": trained - start, **eval_walls}
         tracking.log_metrics(wall)
-        tune.report({**{k: v for k, v in recorded.items() if k.startswith(("train/", "val/", "probe/quick"))},
-                     **final, **wall, "step": summary["steps"], "perf/train_time_s": recorded["perf/train_time_s"]})
+        # Tune (ASHA, Optuna) sees the selection metrics only: dev scores stay in MLflow, the final record.
+        selection = {k: v for k, v in {**recorded, **final}.items() if k.startswith(SELECTION_PREFIXES)}
+        tune.report({**selection, **wall, "step": summary["steps"], "perf/train_time_s": recorded["perf/train_time_s"]})

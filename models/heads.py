@@ -44,15 +44,18 @@ class Block(nn.Module):
         """x (B, N, W) -> (B, N - outputs_from, W): every position attends, only the last N - outputs_from
         positions are computed past the keys and values (their queries, the projection and the MLP)."""
         b, n, w = x.shape
+        head = (self.heads, w // self.heads)
         h = self.norm1(x)
+        # q, k, v as (B, heads, N, head width) views of the projection's (B, N, 3, heads, head width) output:
+        # unbinding dim 2 keeps their gradients' stack in the projection's own layout (no reordering copy), and
+        # SDPA's output, (B, N, heads, head width) in memory, reshapes back to (B, N, W) without a copy.
         if outputs_from == 0:
-            q, k, v = self.qkv(h).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = (t.transpose(1, 2) for t in self.qkv(h).view(b, n, 3, *head).unbind(2))
         else:
             x = x[:, outputs_from:]
-            q = F.linear(h[:, outputs_from:], self.qkv.weight[:w], self.qkv.bias[:w])
-            q = q.view(b, -1, self.heads, w // self.heads).transpose(1, 2)
-            kv = F.linear(h, self.qkv.weight[w:], self.qkv.bias[w:])
-            k, v = kv.view(b, n, 2, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+            q = F.linear(h[:, outputs_from:], self.qkv.weight[:w], self.qkv.bias[:w]).view(b, -1, *head).transpose(1, 2)
+            kv = F.linear(h, self.qkv.weight[w:], self.qkv.bias[w:]).view(b, n, 2, *head)
+            k, v = (t.transpose(1, 2) for t in kv.unbind(2))
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, x.shape[1], w)
         x = x + self.proj(attn)
         return x + self.mlp(self.norm2(x))
@@ -84,9 +87,10 @@ class Predictor(nn.Module):
     def forward(self, context: Tensor, ctx_idx: Tensor, tgt_idx: Tensor) -> Tensor:
         """context (B, Kc, D), ctx_idx (B, Kc), tgt_idx (P, B, Kt) -> predictions (P, B, Kt, D)."""
         blocks, batch, tgt_len = tgt_idx.shape
-        ctx = (self.embed(context) + self.pos(ctx_idx)).repeat(blocks, 1, 1)
-        queries = self.mask_token + self.pos(tgt_idx.flatten(0, 1))
-        x = torch.cat([ctx, queries], dim=1)
+        ctx = self.embed(context) + self.pos(ctx_idx)  # (B, Kc, W), once for all P rows
+        queries = self.mask_token + self.pos(tgt_idx)  # (P, B, Kt, W)
+        # Row (p, b) = context b, then block p's queries: one copy into the (P*B, Kc+Kt, W) input.
+        x = torch.cat([ctx.expand(blocks, -1, -1, -1), queries], dim=2).flatten(0, 1)
         for block in self.blocks[:-1]:
             x = block(x)
         x = self.blocks[-1](x, outputs_from=ctx.shape[1])  # only the target queries' outputs are used

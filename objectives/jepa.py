@@ -41,18 +41,28 @@ def split_rows(x: Tensor, idx: Tensor) -> Tensor:
     return x.view(batch, -1, k, x.shape[-1]).transpose(0, 1).reshape(*idx.shape, x.shape[-1])
 
 
+def flat_positions(idx: Tensor, length: int) -> Tensor:
+    """idx (..., B, K) of positions in rows of `length` -> the same positions in the flattened (B*L) rows, 1-D."""
+    offsets = torch.arange(0, idx.shape[-2] * length, length, device=idx.device).unsqueeze(-1)
+    return (idx + offsets).flatten()
+
+
 def gather_positions(x: Tensor, idx: Tensor) -> Tensor:
-    """x (B, L, D), idx (..., B, K) -> (..., B, K, D)."""
-    flat = row_positions(idx)
-    return split_rows(x.gather(1, flat[..., None].expand(-1, -1, x.shape[-1])), idx)
+    """x (B, L, D), idx (..., B, K) -> (..., B, K, D).
+
+    One index_select of whole D-wide rows of x viewed as (B*L, D), straight into idx's layout: no expanded
+    index per element (gather), no reordering copy; its gradient is one index_add of rows."""
+    batch, length, width = x.shape
+    return x.reshape(batch * length, width).index_select(0, flat_positions(idx, length)).view(*idx.shape, width)
 
 
 @torch.no_grad()
 def forward_target(module: ObjectiveModule, batch: MaskedBatch) -> Tensor:
-    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, layer-normed without affine, read at
-    the target blocks."""
+    """Target latents (P, B, Kt, D): the EMA encoder on the clean tokens, read at the target blocks, layer-normed
+    without affine (per position, so normalising after the read gives the same latents for fewer rows)."""
     hidden = encode(module.nets.target, batch.input_ids, batch.attention_mask)
-    return gather_positions(F.layer_norm(hidden, hidden.shape[-1:]), batch.tgt_idx)
+    target = gather_positions(hidden, batch.tgt_idx)
+    return F.layer_norm(target, target.shape[-1:])
 
 
 def forward_context(module: ObjectiveModule, batch: MaskedBatch) -> Tensor:

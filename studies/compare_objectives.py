@@ -1,5 +1,5 @@
 """MLM vs hybrid vs JEPA: K seeds each, compute-matched (same model-FLOPs budget; or step-matched), the full
-evaluation suite for every run, and eval.compare's paired tests (Holm-corrected) and seed aggregates.
+evaluation suite for every run, seed-level tests between objectives, eval.compare's paired tests and seed aggregates.
 
     python studies/compare_objectives.py --config studies/configs/small.yaml [--spec FILE] [--smoke] \
         [dotted.config=value ...] [spec.seeds='[0, 1, 2, 3, 4]'] [spec.match=steps]
@@ -18,13 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script,
 import pandas as pd
 
 from eval.report import read_run, write_table
-from eval.stats import aggregate_seeds, compare
+from eval.stats import aggregate_seeds, paired_example_tests, seed_tests
 from harness.config import Config, ConfigError, load_config
-from harness.space import apply_params, load_spec
+from harness.space import load_spec, matched_steps
 from harness.study import open_study, run_script, study_arguments
 from harness.study_report import StudyResult, markdown_table
 from harness.trial import TrialSpec
-from objectives import train_flops_per_step
 
 DEFAULT_SPEC = "studies/spaces/compare_objectives.yaml"
 SMOKE = ["study.name=compare_objectives_smoke", "study.max_concurrent=2", "optim.max_steps=20",
@@ -38,38 +37,44 @@ def trial_grid(cfg: Config, spec: dict[str, Any]) -> tuple[list[TrialSpec], pd.D
     """One trial per (objective, seed); steps from the FLOPs budget (match: flops) or equal (match: steps)."""
     if spec.get("match") not in ("flops", "steps") or not spec.get("objectives") or not spec.get("seeds"):
         raise ConfigError(f"spec: needs objectives: [...], seeds: [...] and match: flops|steps, got {spec}")
-    steps, warmup = cfg.optim.max_steps, cfg.optim.warmup_steps
-    budget = steps * train_flops_per_step(apply_params(cfg, {"objective.name": spec.get("reference", "hybrid")}))
-    grid, budgets = [], []
-    for objective in spec["objectives"]:
-        flops = train_flops_per_step(apply_params(cfg, {"objective.name": objective}))
-        n = steps if spec["match"] == "steps" else max(1, round(budget / flops))
-        budgets.append({"objective": objective, "steps": n, "GFLOP/step": flops / 1e9, "total PFLOP": n * flops / 1e15})
-        for seed in spec["seeds"]:
-            overrides = {"objective.name": objective, "seed": seed, "optim.max_steps": n,
-                         "optim.warmup_steps": min(n, round(warmup * n / steps))}
-            grid.append(TrialSpec(f"{objective}-s{seed}", overrides, group=objective))
-    return grid, pd.DataFrame(budgets)
+    arms = {objective: {"objective.name": objective} for objective in spec["objectives"]}
+    budgets = matched_steps(cfg, arms, spec["match"], spec.get("reference", "hybrid"))
+    grid = [TrialSpec(f"{b['arm']}-s{seed}", {"objective.name": b["arm"], "seed": seed, "optim.max_steps": b["steps"],
+                                               "optim.warmup_steps": b["warmup"]}, group=b["arm"])
+            for b in budgets for seed in spec["seeds"]]
+    table = pd.DataFrame(budgets).rename(columns={"arm": "objective"}).drop(columns=["warmup"])
+    return grid, table
 
 
 def paired_tests(result: StudyResult) -> list[tuple[str, str]]:
-    """eval.compare's paired tests and seed aggregates over the finished runs, written to report/; the
-    report's sections on them (none with fewer than two finished runs)."""
+    """Seed-level tests between objectives (eval.stats.seed_tests: Welch and permutation over pre-training seeds,
+    Holm), eval.compare's paired example tests (within each encoder pair, over dev examples) and seed aggregates
+    over the finished runs, written to report/; the report's sections on them (none with < two finished runs)."""
     done = result.table[result.table["outcome"] == "finished"]
     tables = [read_run(result.study_dir / "trials" / label / "eval") for label in done["label"]]
     if len(tables) < 2:
         return []
     results, replicates = (pd.concat(t, ignore_index=True) for t in list(zip(*tables, strict=True))[:2])
-    tests, aggregate = compare(results, replicates), aggregate_seeds(results)
+    tests, aggregate = paired_example_tests(results, replicates), aggregate_seeds(results)
+    seeds = dict(zip(done["label"], done["trial.seed"], strict=True))
+    per_seed = results.assign(arm=results["group"], seed=results["encoder"].map(seeds))
+    arms = list(dict.fromkeys(per_seed["arm"]))
+    between = [seed_tests(per_seed, a, b) for i, a in enumerate(arms) for b in arms[i + 1:]]
+    between = pd.concat(between, ignore_index=True) if between else pd.DataFrame()
     out = result.study_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     write_table(tests, out, "comparison")
+    write_table(between, out, "seed_tests")
     write_table(aggregate, out, "aggregate")
     n_sig = int(tests["significant"].sum()) if not tests.empty else 0
+    n_seed = int(between["significant"].sum()) if not between.empty else 0
     main_rows = aggregate[(aggregate["family"] == "probe") | (aggregate["metric"] == "uniformity")]
     return [("Seed aggregates (mean, std over seeds)", markdown_table(main_rows)),
-            ("Paired tests", f"{len(tests)} paired bootstrap tests between objectives, {n_sig} significant after "
-                             "Holm (alpha 0.05): see comparison.csv.")]
+            ("Seed-level tests between objectives", f"{len(between)} tests over pre-training seeds (Welch's t and "
+             f"the exact permutation test, Holm on the permutation p), {n_seed} significant: see seed_tests.csv."),
+            ("Paired tests", f"{len(tests)} paired bootstrap tests over dev examples within each encoder pair (not a "
+                             f"test between objectives), {n_sig} significant after Holm (alpha 0.05): see "
+                             "comparison.csv.")]
 
 
 def main(argv: list[str] | None = None) -> int:

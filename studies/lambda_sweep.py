@@ -5,8 +5,9 @@ finished trials get the full GLUE probe + geometry suite; the best config lands 
         [dotted.config=value ...] [space.objective.passes='{choice: [2]}' ...]
     ray job submit --working-dir . -- python studies/lambda_sweep.py --config ... output_dir=/shared/outputs
 
-Multi-objective (probe score and uniformity, a Pareto front):
-    study.metric='[probe/mean_score, geom/mean_uniformity]' study.mode='[max, min]'
+Trials are ranked on held-out TRAIN data (study.metric, default select/mean_score), never on GLUE dev.
+Multi-objective (held-out-train probe score and validation MLM loss, a Pareto front):
+    study.metric='[select/mean_score, val/loss_mlm]' study.mode='[max, min]'
 
 Re-running the same command resumes an interrupted study (same study.name and settings).
 """

@@ -13,6 +13,7 @@ import torch
 
 from eval import compare as compare_cli
 from eval import run as run_cli
+from eval.scores import SCORES
 from eval.stats import compare
 from eval.suite import COLUMNS, SuiteConfig, SuiteResult, headline_metrics, result_metrics, run_suite
 from harness.config import load_config
@@ -57,8 +58,11 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory, tokenizer, packed_ids
     return export_encoder(module.nets.encoder, tmp_path_factory.mktemp("tiny") / "tiny-project", tokenizer)
 
 
-def _value(results: pd.DataFrame, task: str, pooling: str, metric: str) -> float:
-    row = results[(results.task == task) & (results.pooling == pooling) & (results.metric == metric)]
+def _value(results: pd.DataFrame, task: str, pooling: str, metric: str, family: str | None = None) -> float:
+    """One value; the family defaults to probe for probe scores (not their `select` twin), else geom."""
+    family = family or ("probe" if metric in SCORES else "geom")
+    row = results[(results.task == task) & (results.pooling == pooling) & (results.metric == metric)
+                  & (results.family == family)]
     assert len(row) == 1
     return float(row.value.iloc[0])
 
@@ -73,14 +77,19 @@ def test_minilm_scores_far_above_chance(minilm: SuiteResult):
 def test_results_table_is_tidy_with_cis(minilm: SuiteResult):
     res = minilm.results
     assert list(res.columns) == COLUMNS
-    assert not res.duplicated(["encoder", "task", "pooling", "metric"]).any()
+    assert set(res.protocol) == {"harness"} and set(res.family) == {"probe", "select", "geom"}
+    assert not res.duplicated(["encoder", "task", "pooling", "family", "metric"]).any()
     assert (res.ci_low <= res.value + 1e-12).all() and (res.value <= res.ci_high + 1e-12).all()
     geom = set(res[res.family == "geom"].metric)
     assert {"uniformity", "uniformity_centered", "alignment", "effective_rank", "spectral_entropy", "stable_rank",
             "alpha_req", "alpha_req_r2", "isoscore", "mean_cosine", "lexical_acc", "lexical_majority"} <= geom
     assert "class_distance_ratio" in set(res[(res.task == "sst2")].metric)  # classification tasks only
-    assert set(res[res.task == "stsb"].n) == {500, 250} | set(  # lexical probe: tested on half of N
+    assert set(res[(res.task == "stsb") & (res.family != "select")].n) == {500, 250} | set(  # lexical: half of N
         res[(res.task == "stsb") & (res.metric == "alignment")].n)  # alignment: pairs with score >= 4
+    select = res[res.family == "select"]  # the chosen probe on its held-out 20% of train (300 -> 60 examples)
+    probe = res[res.family == "probe"]
+    assert set(select.n) == {60} and select.note.str.contains("never dev").all()
+    assert len(select) == len(probe) and set(select.metric) == set(probe.metric)
     stsb_align = res[(res.task == "stsb") & (res.metric == "alignment")]
     assert stsb_align.note.str.contains("score >= 4").all()
     assert set(minilm.replicates.columns) >= {"sample_key", "replicates"}
@@ -119,14 +128,22 @@ def test_cli_run_then_compare_flags_a_real_difference(
 
     out = tmp_path / "compare"  # a results table against an encoder folder evaluated on the fly
     compare_cli.main([str(run_dir / "results.csv"), str(tiny_project), "--out", str(out), *suite])
-    tests = pd.read_csv(out / "comparison.csv")
-    acc = tests[(tests.metric == "acc")].iloc[0]
+    tests = pd.read_csv(out / "paired_example_tests.csv")
+    assert tests.test.str.contains("not a test between objectives").all()
+    acc = tests[(tests.metric == "acc") & (tests.family == "probe")].iloc[0]
     assert (acc.encoder_a, acc.encoder_b) == ("minilm", "tiny-project")
     assert acc["diff"] > 0.15 and acc.significant and acc.p_holm < 1e-3
     assert (out / "aggregate.csv").is_file() and (out / "plots" / "heatmap_mean.png").is_file()
 
+    seeds = tmp_path / "seeds"  # two groups of two "seeds" each (copies): the seed-level test between groups
+    tiny_run = out / "runs" / "tiny-project"
+    compare_cli.main([f"a={run_dir}", f"a={run_dir}", f"b={tiny_run}", f"b={tiny_run}", "--out", str(seeds)])
+    between = pd.read_csv(seeds / "seed_tests.csv")
+    assert set(zip(between.arm_a, between.arm_b, strict=True)) == {("a", "b")} and (between.n_a == 2).all()
+    assert between.test.str.contains("Welch").all() and (between.holm_on == "p_welch").all()
+
     compare_cli.main([str(run_dir), str(run_dir), "--out", str(tmp_path / "self")])
-    self_tests = pd.read_csv(tmp_path / "self" / "comparison.csv")
+    self_tests = pd.read_csv(tmp_path / "self" / "paired_example_tests.csv")
     assert len(self_tests) > 0 and not self_tests.significant.any()
     assert np.allclose(self_tests["diff"], 0)
 
@@ -136,6 +153,7 @@ def test_metrics_for_a_tracker_name_every_value_and_average_the_main_scores(mini
     metrics = result_metrics(res)
     assert len(metrics) == len(res)
     assert metrics["probe/sst2/mean/acc"] == _value(res, "sst2", "mean", "acc")
+    assert metrics["select/sst2/mean/acc"] == _value(res, "sst2", "mean", "acc", "select")
     assert metrics["geom/stsb/attention/uniformity"] == _value(res, "stsb", "attention", "uniformity")
     headline = headline_metrics(res)
     main = [_value(res, "sst2", p, "acc") for p in CFG.poolings] + [_value(res, "stsb", p, "spearman")
@@ -145,3 +163,7 @@ def test_metrics_for_a_tracker_name_every_value_and_average_the_main_scores(mini
         (_value(res, "sst2", "mean", "acc") + _value(res, "stsb", "mean", "spearman")) / 2)
     uniformity = res[(res.family == "geom") & (res.metric == "uniformity")].value
     assert headline["geom/mean_uniformity"] == pytest.approx(uniformity.mean())
+    select = [_value(res, "sst2", p, "acc", "select") for p in CFG.poolings] + [
+        _value(res, "stsb", p, "spearman", "select") for p in CFG.poolings]
+    assert headline["select/mean_score"] == pytest.approx(np.mean(select))  # held-out TRAIN, the selection metric
+    assert not any(k.startswith("ref/") for k in {**metrics, **headline})

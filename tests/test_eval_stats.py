@@ -1,11 +1,12 @@
-"""Probe scores against sklearn / scipy, bootstrap and paired tests, Holm, seed aggregation."""
+"""Probe scores against sklearn / scipy, bootstrap and within-pair tests, Holm, seed aggregation, the seed-level test
+between arms against scipy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr, permutation_test, spearmanr, ttest_ind
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from eval import scores, stats
@@ -112,3 +113,69 @@ def test_compare_holm_and_seed_groups():
     assert agg.loc["jepa", "mean"] == pytest.approx(0.81)
     assert agg.loc["jepa", "std"] == pytest.approx(np.std([0.80, 0.82], ddof=1))
     assert agg.loc["jepa", "n_encoders"] == 2 and agg.loc["mlm", "n_encoders"] == 1
+
+
+def _seed_table(values: dict[str, list[float]], metric: str = "uniformity", task: str = "sst2") -> pd.DataFrame:
+    return pd.DataFrame([dict(arm=arm, seed=i, task=task, pooling="mean", metric=metric, protocol="harness", value=v)
+                         for arm, vs in values.items() for i, v in enumerate(vs)])
+
+
+def test_seed_tests_match_scipy_and_the_exact_permutation_count():
+    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.5]
+    out = stats.seed_tests(_seed_table({"hybrid": a, "mlm": b}), "hybrid", "mlm")
+    row = out.iloc[0]
+    assert (row.n_a, row.n_b) == (3, 3) and row["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert row.std_a == pytest.approx(np.std(a, ddof=1)) and row.std_b == pytest.approx(np.std(b, ddof=1))
+    assert row.p_welch == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    # all 20 relabelings of 6 values into 3 + 3: only the observed split and its mirror are as extreme -> 2/20
+    assert row.permutation_exact and row.p_permutation == pytest.approx(0.1)
+    expected = permutation_test((a, b), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+                                permutation_type="independent", vectorized=True, n_resamples=np.inf).pvalue
+    assert row.p_permutation == pytest.approx(expected)
+    assert "Welch" in row.test and "permutation" in row.test and row.holm_on == "p_welch"
+    ci = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx((ci.low, ci.high))
+
+
+def test_seed_tests_holm_over_the_family_on_the_named_p_value():
+    base = [0.1, -0.1, 0.05, -0.05, 0.0]
+    frames = [_seed_table({"hybrid": [shift + v for v in base], "mlm": [-v for v in base[::-1]]}, task=task)
+              for task, shift in (("sst2", 1.0), ("stsb", 0.0), ("cola", 0.5))]
+    table = pd.concat(frames, ignore_index=True)
+    for holm_on, column in (("permutation", "p_permutation"), ("welch", "p_welch")):
+        out = stats.seed_tests(table, "hybrid", "mlm", holm_on=holm_on)
+        assert out.p_holm.to_numpy() == pytest.approx(stats.holm(out[column].to_numpy()))
+        assert out[f"{column}_holm"].to_numpy() == pytest.approx(out.p_holm.to_numpy())
+        assert (out.holm_on == column).all()
+    three = table[table.seed < 3]  # 3 seeds per arm: the exact permutation p is never below 2 / C(6, 3) = 0.1
+    assert not stats.seed_tests(three, "hybrid", "mlm", holm_on="permutation").significant.any()
+    assert stats.seed_tests(three, "hybrid", "mlm").significant.any()
+    out = stats.seed_tests(table, "hybrid", "mlm", holm_on="welch")
+    assert out.set_index("task").significant.to_dict() == {"sst2": True, "stsb": False, "cola": True}
+    single = stats.seed_tests(_seed_table({"hybrid": [0.3], "mlm": [0.1, 0.2]}), "hybrid", "mlm")
+    assert np.isnan(single.p_welch.iloc[0]) and np.isnan(single.std_a.iloc[0])  # one seed: no test
+    assert np.isnan(single.p_permutation.iloc[0]) and np.isnan(single.p_holm.iloc[0])
+    large = stats.seed_tests(_seed_table({"hybrid": list(range(12)), "mlm": list(range(3, 15))}), "hybrid", "mlm",
+                             max_exact=1000)
+    assert not large.permutation_exact.iloc[0]  # C(24, 12) > 1000: Monte Carlo, seeded
+
+
+def test_paired_example_tests_are_labelled_as_such():
+    results, replicates = _table("a", "a", {"acc": 0.8}, {"acc": 0.8 + np.zeros(10)})
+    other = _table("b", "b", {"acc": 0.7}, {"acc": 0.7 + np.zeros(10)})
+    out = stats.paired_example_tests(pd.concat([results, other[0]]), pd.concat([replicates, other[1]]))
+    assert out.test.iloc[0] == stats.PAIRED_EXAMPLE_TEST and "not a test between objectives" in out.test.iloc[0]
+    assert stats.compare is stats.paired_example_tests  # the former name
+    assert (out.protocol == "harness").all()  # tables without a protocol column hold harness rows
+
+
+def test_draws_average_resample_by_resample_and_keep_their_spread():
+    draws = [{"uniformity": stats.Measure(v, np.array([v, v + 1.0]), 100, "n")} for v in (-1.0, -2.0, -4.0)]
+    out = stats.average_draws(draws, "random draws")
+    assert out["uniformity"].value == pytest.approx(-7 / 3)
+    assert out["uniformity"].replicates == pytest.approx([-7 / 3, -4 / 3])
+    assert out["uniformity_draw_std"].value == pytest.approx(np.std([-1, -2, -4], ddof=1))
+    assert len(out["uniformity_draw_std"].replicates) == 0  # a spread, shown without an interval
+    assert "uniformity_draw_std" in out["uniformity"].note
+    assert stats.average_draws(draws[:1], "x") is draws[0]
+    assert stats.percentile_ci(np.array([]), 1.0) != stats.percentile_ci(np.array([]), 1.0)  # (nan, nan)

@@ -24,6 +24,8 @@ def test_compare_objectives_smoke_is_compute_matched_and_reports_paired_tests(tm
     comparison = pd.read_csv(report / "comparison.csv")
     assert {"encoder_a", "encoder_b", "p_holm", "significant"} <= set(comparison.columns) and len(comparison) > 0
     assert "## Paired tests" in (report / "report.md").read_text()
+    between = pd.read_csv(report / "seed_tests.csv")  # one seed per objective here: no p-value, but the rows
+    assert {"arm_a", "arm_b", "p_welch", "p_permutation", "p_holm"} <= set(between.columns) and len(between) > 0
 
 
 def test_scaling_smoke_fits_power_laws_against_compute(tmp_path: Path) -> None:

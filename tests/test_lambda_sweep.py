@@ -3,7 +3,7 @@
 Two trials of the tiny model, drawn by the seeded TPE sampler from a space whose learning rate is
 either sane or absurd: the seed-0 draws give one trial of each, so one trial finishes (quick probe,
 full evaluation, final metrics) and one diverges (marked, while the study goes on). The study is
-multi-objective (probe score up, uniformity down), so its report holds a Pareto front.
+multi-objective (held-out-train probe score up, validation MLM loss down), so its report holds a Pareto front.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from studies import lambda_sweep
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_OVERRIDES = ["study.name=sweep", "study.num_samples=2", "study.max_concurrent=2", "study.scheduler=none",
                    "optim.warmup_steps=0", "optim.grad_clip=0",
-                   "study.metric=[probe/mean_score, geom/mean_uniformity]", "study.mode=[max, min]"]
+                   "study.metric=[select/mean_score, val/loss_mlm]", "study.mode=[max, min]"]
 
 
 def _free_port() -> int:
@@ -103,27 +103,29 @@ def test_parent_and_children_with_params_metrics_and_outcomes_through_the_rest_a
     assert done["status"] == "FINISHED" and done["tags"]["outcome"] == "finished"
     assert 0.1 <= float(done["params"]["objective.lambda_init"]) <= 0.9
     assert done["params"]["objective.lambda_init"] == done["params"]["trial.objective.lambda_init"]
-    for key in ("probe/quick_score", "probe/quick/sst2", "probe/quick/stsb", "probe/mean_score",
-                "geom/mean_uniformity", "probe/sst2/mean/acc", "geom/stsb/attention/uniformity", "val/loss_mlm"):
+    for key in ("select/quick_score", "select/quick/sst2", "select/quick/stsb", "select/mean_score",
+                "probe/mean_score", "geom/mean_uniformity", "probe/sst2/mean/acc", "geom/stsb/attention/uniformity",
+                "val/loss_mlm"):
         assert key in done["metrics"], key
-    assert 0 < done["metrics"]["probe/mean_score"] < 1
+    assert 0 < done["metrics"]["select/mean_score"] < 1 and 0 < done["metrics"]["probe/mean_score"] < 1
     history = _rest(sweep["base"], f"/api/2.0/mlflow/metrics/get-history?run_id={done['id']}&metric_key=train/lambda")
     assert sorted(m["step"] for m in history["metrics"]) == [5, 10, 15, 20]  # λ at every log step
     quick = _rest(sweep["base"], f"/api/2.0/mlflow/metrics/get-history?run_id={done['id']}"
-                                 "&metric_key=probe/quick_score")
+                                 "&metric_key=select/quick_score")
     assert sorted(m["step"] for m in quick["metrics"]) == [5, 10, 15, 20]  # the quick probe at every eval step
     artifacts = _rest(sweep["base"], f"/api/2.0/mlflow/artifacts/list?run_id={done['id']}&path=eval")
     assert {"eval/results.csv", "eval/plots"} <= {f["path"] for f in artifacts["files"]}
 
     assert diverged["status"] == "FAILED" and diverged["tags"]["outcome"] == "diverged"
     assert diverged["tags"]["outcome_note"].startswith("diverged at step")
-    assert "probe/mean_score" not in diverged["metrics"]
+    assert "select/mean_score" not in diverged["metrics"] and "probe/mean_score" not in diverged["metrics"]
 
     assert parent["status"] == "FINISHED"
     assert parent["params"]["best.objective.lambda_init"] == done["params"]["trial.objective.lambda_init"]
     assert parent["tags"]["best_trial"] == done["tags"]["label"]
-    for metric in ("probe/mean_score", "geom/mean_uniformity"):
+    for metric in ("select/mean_score", "val/loss_mlm"):
         assert parent["metrics"][f"best/{metric}"] == pytest.approx(done["metrics"][metric])
+    assert not [k for k in parent["metrics"] if k.startswith(("best/probe/", "best/geom/"))]
     assert parent["metrics"]["trials/finished"] == 1 and parent["metrics"]["trials/diverged"] == 1
     report = _rest(sweep["base"], f"/api/2.0/mlflow/artifacts/list?run_id={parent['id']}&path=report")
     assert {"report/report.md", "report/summary.csv", "report/best_config.yaml"} <= {f["path"] for f in report["files"]}
@@ -136,6 +138,11 @@ def test_report_files_on_disk(sweep: dict) -> None:
     for plot in ("quick_probe.png", "pareto.png", "metric_vs_params.png"):
         assert (report / "plots" / plot).stat().st_size > 0
     assert "lr: 0.001" in (report / "best_config.yaml").read_text()
+    # Tune (Optuna, ASHA) never saw a dev score: every result Tune recorded holds selection metrics only.
+    results = [json.loads(line) for f in (sweep["study_dir"] / "tune").rglob("result.json")
+               for line in f.read_text().splitlines() if line.strip()]
+    assert results and any("select/mean_score" in r for r in results)
+    assert not [k for r in results for k in r if k.startswith(("probe/", "geom/", "ref/"))]
 
 
 def test_rerun_resumes_without_new_runs_and_other_settings_are_refused(sweep: dict) -> None:

@@ -252,7 +252,7 @@ def extra_objective():
 
 def test_a_registered_objective_trains_through_train_step_and_counts_flops(extra_objective, packed_ids,
                                                                           tokenizer) -> None:
-    from harness.pretrain import build_optimizer, train_step
+    from harness.step import build_optimizer, train_step
 
     with pytest.raises(ValueError, match="already registered"):
         from objectives import register_objective
@@ -278,7 +278,7 @@ def test_a_registered_objective_trains_through_train_step_and_counts_flops(extra
 def test_gradient_clipping_sees_the_networks_never_the_loss_weighting(packed_ids, tokenizer) -> None:
     """train_step clips (and reports the norm of) the networks' gradients only; λ's parameter keeps its raw
     gradient, so the networks' clip factor cannot depend on the gap between the two losses."""
-    from harness.pretrain import build_optimizer, train_step
+    from harness.step import build_optimizer, train_step
 
     cfg = tiny("hybrid", 2)
     batch = masked(cfg, packed_ids(8, 64), tokenizer)

@@ -8,7 +8,8 @@ from transformers import AutoModel
 
 from harness import tracking
 from harness.config import load_config
-from harness.pretrain import STATE_FILE, FailOnceAt, lr_multiplier, run_pretraining
+from harness.pretrain import STATE_FILE, FailOnceAt, run_pretraining
+from harness.step import lr_multiplier
 from harness.tracking import TrackingError
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"

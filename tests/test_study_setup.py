@@ -10,7 +10,7 @@ import pytest
 from harness.config import ConfigError, load_config
 from harness.space import load_space
 from harness.study import differences, fingerprint, open_study
-from harness.trial import TrialSpec, check_metrics
+from harness.trial import TrialSpec, check_metrics, protocol_suite
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "configs" / "tiny.yaml"
@@ -24,13 +24,44 @@ def base():
 
 def test_optimised_metric_must_be_one_a_trial_reports(base) -> None:
     check_metrics(base)
-    for good in ("probe/sst2/mean/acc", "geom/stsb/attention/uniformity", "probe/mean_score/max", "val/loss_mlm"):
+    for good in ("select/mean_score", "select/sst2/mean/acc", "select/quick_score", "select/quick/stsb",
+                 "val/loss_mlm", "train/loss"):
         check_metrics(load_config(TINY, [f"study.metric={good}"]))
-    bad = load_config(TINY, ["study.metric=probe/qnli/mean/acc"])
-    with pytest.raises(ConfigError, match="study.metric='probe/qnli/mean/acc'"):
+    bad = load_config(TINY, ["study.metric=select/qnli/mean/acc"])
+    with pytest.raises(ConfigError, match="study.metric='select/qnli/mean/acc'"):
         check_metrics(bad)
     with pytest.raises(ConfigError, match="one mode"):
-        load_config(TINY, ["study.metric=[probe/mean_score, val/loss_mlm]"])
+        load_config(TINY, ["study.metric=[select/mean_score, val/loss_mlm]"])
+
+
+def test_selection_never_reads_dev(base) -> None:
+    """GLUE dev (probe/*, geom/*, and the reference protocol's ref/*) is the final score: no study may optimise it,
+    and ASHA's quick probe is a held-out-train score too."""
+    from harness.launch import QUICK_METRIC, check_selection
+
+    assert base.study.metric == ("select/mean_score",) and QUICK_METRIC.startswith("select/")
+    check_selection([*base.study.metric, QUICK_METRIC])  # what Optuna and ASHA read (harness.launch.build_tuner)
+    with pytest.raises(ConfigError, match="never on GLUE dev"):
+        check_selection(["select/mean_score", "probe/mean_score"])
+    for dev in ("probe/mean_score", "probe/sst2/mean/acc", "geom/mean_uniformity", "geom/stsb/attention/uniformity",
+                "ref/probe/sst2/mean/acc", "probe/quick_score"):
+        with pytest.raises(ConfigError, match="never on GLUE dev"):
+            check_metrics(load_config(TINY, [f"study.metric={dev}"]))
+    with pytest.raises(ConfigError, match="never on GLUE dev"):
+        check_metrics(load_config(TINY, ["study.metric=[select/mean_score, geom/mean_uniformity]",
+                                         "study.mode=[max, min]"]))
+
+
+def test_each_protocol_gets_its_suite() -> None:
+    """eval.max_dev caps the dev rows of both protocols: a seeded sample for the harness's, the first rows for the
+    reference's analysis (reference_n); without it the reference reads as many as the reference code did."""
+    capped = load_config(TINY, ["eval.max_dev=300"]).eval.suite_config()
+    harness, reference = protocol_suite(capped, "harness"), protocol_suite(capped, "reference")
+    assert (harness.protocol, reference.protocol) == ("harness", "reference")
+    assert reference.reference_n == 300 and reference.max_dev == harness.max_dev == 300
+    assert protocol_suite(load_config(TINY).eval.suite_config(), "reference").reference_n == 2000
+    with pytest.raises(ConfigError, match="must be one of"):
+        protocol_suite(capped, "paper")
 
 
 def test_bad_eval_names_and_paths_stop_a_study_before_any_work(tmp_path: Path) -> None:
@@ -53,6 +84,10 @@ def test_bad_grids_stop_a_study_before_any_work(tmp_path: Path) -> None:
             pass
     with pytest.raises(ValueError, match="not both or neither"), open_study(cfg):
         pass
+    grid = [TrialSpec("a", {"seed": 1})]
+    for protocols, message in ((("reference", "harness"), "the harness's first"), (("harness", "paper"), "one of")):
+        with pytest.raises(ConfigError, match=message), open_study(cfg, grid=grid, protocols=protocols):
+            pass
     assert not (tmp_path / "studies").exists()
 
 
@@ -64,6 +99,9 @@ def test_fingerprint_ignores_resources_and_names_what_differs(base) -> None:
     found = differences(fingerprint(base, space, None), other)
     assert f"config.optim.batch_size: was {base.optim.batch_size}, now 4" in found
     assert any(d.startswith("space.masking.enc_mask_scale.0: was ") and d.endswith("now None") for d in found)
+    assert fingerprint(base, space, None, ("harness",)) == fingerprint(base, space, None)  # old studies resume
+    assert differences(fingerprint(base, space, None), fingerprint(base, space, None, ("harness", "reference"))) \
+        == ["protocols: was None, now ['harness', 'reference']"]
     grid = [TrialSpec("a", {"seed": 1})]
     assert differences(fingerprint(base, None, grid), fingerprint(base, None, [TrialSpec("a", {"seed": 2})])) == \
         ["grid: was [{'label': 'a', 'overrides': {'seed': 1}, 'group': None}], "
