@@ -15,6 +15,7 @@ two seeds, as a percentage of the interval's width (the Monte Carlo error of the
 resample.
 """
 
+# ruff: noqa: E402  (the suite's imports follow the command-line parse: --help answers before torch loads)
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,24 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_suite", description=__doc__.split("\n")[0])
+    parser.add_argument("--encoder", type=Path, default=None, help="default: the packaged all-MiniLM-L6-v2")
+    parser.add_argument("--max-train", type=int, default=2000)
+    parser.add_argument("--glue-dir", default=None)
+    parser.add_argument("--protocol", choices=("harness", "reference"), default="harness")
+    parser.add_argument("--n-boot-spectral", type=int, default=None, help="default: SuiteConfig's")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_eval"))
+    parser.add_argument("--ci-stability", action="store_true", help="measure the spectral CIs' seed stability")
+    parser.add_argument("--ci-boot", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb"], help="--ci-stability tasks")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help and usage errors answer here, before the imports below load torch
+    parse_args()
 
 import numpy as np
 import pandas as pd
@@ -41,17 +60,7 @@ from eval.tasks import load_task
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--encoder", type=Path, default=None, help="default: the packaged all-MiniLM-L6-v2")
-    parser.add_argument("--max-train", type=int, default=2000)
-    parser.add_argument("--glue-dir", default=None)
-    parser.add_argument("--protocol", choices=("harness", "reference"), default="harness")
-    parser.add_argument("--n-boot-spectral", type=int, default=SuiteConfig().n_boot_spectral)
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench_eval"))
-    parser.add_argument("--ci-stability", action="store_true", help="measure the spectral CIs' seed stability")
-    parser.add_argument("--ci-boot", type=int, nargs="+", default=[50, 200, 1000])
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb"], help="--ci-stability tasks")
-    args = parser.parse_args()
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     name = args.encoder.resolve().name if args.encoder else "all-MiniLM-L6-v2"
     if args.encoder is None:
@@ -65,7 +74,8 @@ def main() -> None:
     if args.ci_stability:
         ci_stability(args)
         return
-    cfg = SuiteConfig(max_train=args.max_train, protocol=args.protocol, n_boot_spectral=args.n_boot_spectral)
+    spectral = {} if args.n_boot_spectral is None else {"n_boot_spectral": args.n_boot_spectral}
+    cfg = SuiteConfig(max_train=args.max_train, protocol=args.protocol, **spectral)
 
     start = time.perf_counter()
     result = run_suite(args.encoder, glue_dir=glue_dir_from(args.glue_dir), cfg=cfg, name=name)

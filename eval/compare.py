@@ -12,6 +12,7 @@ treats the encoders as fixed, so it is NOT a test between objectives), aggregate
 of each group) and, for every two groups with at least two encoders each, seed_tests.csv (eval.stats.seed_tests:
 Welch and exact permutation tests over the per-seed values, Holm-corrected: the test between objectives).
 """
+# ruff: noqa: E402  (the suite's imports follow the command-line parse: --help answers before torch loads)
 
 from __future__ import annotations
 
@@ -19,12 +20,27 @@ import argparse
 import logging
 from pathlib import Path
 
+from eval.run import LOG_FORMAT, add_suite_args, config_from, glue_dir_from, suite_yaml
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="*", metavar="[GROUP=]PATH",
+                        help="two or more encoder folders or eval.run outputs")
+    parser.add_argument("--out", type=Path, default=Path("outputs/eval/compare"), help="output folder")
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
+    add_suite_args(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and usage errors answer here, before the imports below load torch
+    build_parser().parse_args()
+
 import pandas as pd
 
 from eval.config import SuiteConfig
 from eval.plots import plot_all
 from eval.report import is_run, read_run, write_run, write_table
-from eval.run import LOG_FORMAT, add_suite_args, config_from, glue_dir_from
 from eval.stats import aggregate_seeds, paired_example_tests, seed_tests
 from eval.suite import preflight, run_suite
 
@@ -79,16 +95,16 @@ def _unique(name: str, seen: set[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("inputs", nargs="+", metavar="[GROUP=]PATH", help="encoder folders or eval.run outputs")
-    parser.add_argument("--out", type=Path, default=Path("outputs/eval/compare"), help="output folder")
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate for Holm")
-    add_suite_args(parser)
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     inputs = [parse_input(a) for a in args.inputs]
     try:
         cfg = config_from(args)
+        cfg.validate()
+        if args.print_config:
+            print(suite_yaml(cfg), end="")
+            return
         check_inputs(inputs, args, cfg)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
@@ -144,3 +160,7 @@ def _print_summary(tests: pd.DataFrame, aggregate: pd.DataFrame, between: pd.Dat
                 "p_permutation", "p_holm"]
         if not sig.empty:
             print(sig[cols].to_string(**fmt))
+
+
+if __name__ == "__main__":
+    main()

@@ -75,6 +75,10 @@ class DataConfig:
                  "must be >= 1 or null")
 
 
+PLACEMENTS = ("STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD")  # Ray's placement group strategies
+GPUS_PER_NODE = 8  # the cluster's p5.48xlarge (and p4d): a run of up to 8 GPU workers fits one node
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Ray Train scaling, logging, checkpointing and recovery."""
@@ -91,6 +95,12 @@ class TrainConfig:
     max_failures: int = 2  # worker failures to recover from (each restarts from the last checkpoint)
     controller_failure_limit: int = 3  # Ray's default (-1) retries worker start-up forever
     compile: bool | None = None  # torch.compile the training module; None: on for CUDA, off on CPU
+    # Upload checkpoints in the background from a local staging directory (Ray Train's ASYNC upload; the last one
+    # is uploaded before the run returns); None: on for GPU runs, off on CPU (where storage is the local disk).
+    async_checkpoint: bool | None = None
+    # Ray's placement of the workers' bundles: STRICT_PACK, PACK, SPREAD, STRICT_SPREAD; None: STRICT_PACK for GPU
+    # runs of at most GPUS_PER_NODE workers (one node, NVLink, no network), else PACK.
+    placement: str | None = None
     peak_flops: float | None = None  # per worker, for MFU; None: known GPU peak, or a measured CPU matmul peak
     resume_from: str | None = None  # a checkpoint directory of an earlier run with the same model/objective
 
@@ -105,6 +115,18 @@ class TrainConfig:
         require(self.controller_failure_limit >= -1, "controller_failure_limit", self.controller_failure_limit,
                  "must be >= 0, or -1 for unlimited")
         require(self.peak_flops is None or self.peak_flops > 0, "peak_flops", self.peak_flops, "must be > 0 or null")
+        require(self.placement in (None, *PLACEMENTS), "placement", self.placement,
+                f"must be one of {list(PLACEMENTS)} or null")
+
+    @property
+    def checkpoint_async(self) -> bool:
+        return self.async_checkpoint if self.async_checkpoint is not None else self.use_gpu
+
+    @property
+    def placement_strategy(self) -> str:
+        if self.placement is not None:
+            return self.placement
+        return "STRICT_PACK" if self.use_gpu and self.num_workers <= GPUS_PER_NODE else "PACK"
 
 
 @dataclass(frozen=True)

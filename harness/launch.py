@@ -4,6 +4,9 @@ Resources: each Train worker asks for `train.cpus_per_worker` CPUs (+1 GPU with 
 On a 2-CPU machine keep workers fractional (e.g. 2 x 0.5) so Ray Data's readers can still be
 scheduled; a pipeline that cannot get a CPU hangs. On GPU nodes give each worker its GPU and one or
 two CPUs, and leave the node's other CPUs to Ray Data.
+
+ASHA never stops a trial at its last step (LastStepASHA): a trial that trained all its steps is always evaluated.
+Tune's console table shows each trial's step, λ, quick score and training loss (progress_reporter).
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ import ray.train
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune import CLIReporter
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from harness.config import Config, ConfigError
+from harness.config import Config, ConfigError, TrainConfig
 
 QUICK_METRIC = "select/quick_score"  # held-out TRAIN, reported at every eval step; what ASHA stops on
+LAST_STEP = "last_step"  # 1.0 in a trial's reports of its last step (and its final report): ASHA never stops there
+# Tune's console table: result key -> column header. Without them Tune shows a result's first keys (train/ctx_frac...).
+PROGRESS_COLUMNS = {"step": "step", "train/lambda": "λ", QUICK_METRIC: "quick score", "train/loss": "loss"}
 TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
 # What may rank trials: probes scored on held-out TRAIN data, and the pre-training's own metrics. GLUE dev (probe/*,
 # geom/*, the reference protocol's ref/*) is the final score of a finished trial, never a selection metric.
@@ -49,7 +56,8 @@ def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: 
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=t.placement_strategy),
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),
@@ -66,6 +74,37 @@ def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: 
     )
 
 
+def build_collective_trainer(loop: Callable[[dict], None], loop_config: dict[str, Any], num_workers: int,
+                             use_gpu: bool, name: str, storage_path: str) -> TorchTrainer:
+    """A bare TorchTrainer for a check of the workers' collectives (cluster/nccl_check.py): no data, no checkpoints,
+    the workers placed as a run of `num_workers` is (train.placement's default)."""
+    placement = TrainConfig(num_workers=num_workers, use_gpu=use_gpu).placement_strategy
+    return TorchTrainer(loop, train_loop_config=loop_config,
+                        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                                     placement_strategy=placement),
+                        run_config=RunConfig(name=name, storage_path=storage_path))
+
+
+def mark_last_step(result: dict[str, Any], max_steps: int) -> dict[str, Any]:
+    """A trial's training report for Tune, with LAST_STEP: 1.0 at the trial's last step (its optim.max_steps)."""
+    return {**result, LAST_STEP: float(result.get("step", 0) >= max_steps)}
+
+
+class LastStepASHA(AsyncHyperBandScheduler):
+    """ASHA that never stops a trial at a report of its last step (marked LAST_STEP).
+
+    ASHA's rungs lie at grace_period x reduction_factor^k. When one falls on optim.max_steps, plain ASHA decides
+    on the last step's quick probe, and a trial stopped there has trained all its steps but never gets its full
+    evaluation. A smaller max_t does not avoid that in general: a trial may first reach a lower rung at its last
+    report. So the last step is never a decision point; the trial's final result is still recorded in its rung
+    (on_trial_complete) for later trials to be compared against."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(LAST_STEP):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 class FinalResultOptunaSearch(OptunaSearch):
     """OptunaSearch that learns from a trial's final result only.
 
@@ -79,6 +118,20 @@ class FinalResultOptunaSearch(OptunaSearch):
 
 def _allow_partial_results() -> None:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # read by Tune's controller in this process
+
+
+def _use_progress_reporter() -> None:
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's newer console output ignores RunConfig.progress_reporter
+
+
+def progress_reporter(cfg: Config, grid: bool) -> CLIReporter:
+    """Tune's console table, every 30 s: one row per trial with its label (a grid's) or searched values, and
+    PROGRESS_COLUMNS; a single-objective study also names its best trial so far."""
+    single = len(cfg.study.metric) == 1
+    return CLIReporter(metric_columns=dict(PROGRESS_COLUMNS),
+                       parameter_columns={"trial/label": "trial"} if grid else None,
+                       metric=cfg.study.metric[0] if single else None, mode=cfg.study.mode[0] if single else None,
+                       max_report_frequency=30, print_intermediate_tables=True)
 
 
 def _trial_resources() -> tune.PlacementGroupFactory:
@@ -98,6 +151,7 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
     s = cfg.study
     check_selection([*s.metric, QUICK_METRIC])
     _allow_partial_results()
+    _use_progress_reporter()
     if (search_space is None) == (grid is None):
         raise ValueError("give exactly one of search_space (Optuna) or grid (explicit trials)")
     metric, mode = (list(s.metric), list(s.mode)) if len(s.metric) > 1 else (s.metric[0], s.mode[0])
@@ -108,10 +162,10 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
     else:
         search_alg, param_space, num_samples = None, {"trial": tune.grid_search(grid)}, 1
     if s.scheduler == "asha":
-        scheduler = AsyncHyperBandScheduler(
+        scheduler = LastStepASHA(
             time_attr="step", metric=QUICK_METRIC, mode="max", max_t=cfg.optim.max_steps,
             grace_period=s.grace_period or 2 * max(cfg.train.eval_every, 1), reduction_factor=s.reduction_factor,
-            stop_last_trials=False)  # a trial that reaches max_t goes on to its full evaluation
+            stop_last_trials=False)  # reaching max_t is no reason to stop: the trial goes on to its evaluation
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
@@ -120,7 +174,8 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=s.max_concurrent),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(study_dir), callbacks=list(callbacks),
-                                  failure_config=tune.FailureConfig(max_failures=s.trial_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=s.trial_failures),
+                                  progress_reporter=progress_reporter(cfg, grid is not None), verbose=1),
     )
 
 
@@ -130,5 +185,6 @@ def restore_tuner(study_dir: Path, trainable: Callable) -> tune.Tuner | None:
     if not tune.Tuner.can_restore(str(path)):
         return None
     _allow_partial_results()
+    _use_progress_reporter()  # the reporter is restored with the Tuner
     return tune.Tuner.restore(str(path), tune.with_resources(trainable, _trial_resources()),
                               resume_unfinished=True, resume_errored=False, restart_errored=False)

@@ -35,7 +35,6 @@ preparing ahead of training). With more than one node, cache_root must be on sto
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import itertools
@@ -50,6 +49,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from harness.cli import prepare_parser
+
+if __name__ == "__main__":  # --help and usage errors answer here, before pyarrow and numpy load
+    prepare_parser(__doc__.splitlines()[0]).parse_args()
 
 import numpy as np
 import pyarrow as pa
@@ -371,19 +375,16 @@ def read_prepared(prepared_dir: Path) -> dict[str, ray.data.Dataset]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from harness.config import DataConfig
+    from harness.config import ConfigError, DataConfig
 
-    parser = argparse.ArgumentParser(prog="python -m harness.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, help="dir of parquet shards, or hf://owner/name/config")
-    parser.add_argument("--tokenizer", required=True, help="dir holding tokenizer.json, or a Hub id")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--val-fraction", type=float, default=0.01)
-    parser.add_argument("--max-documents", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("prepared"), help="cache root (default ./prepared)")
+    parser = prepare_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     # The place for a later --config file.yaml: it will build this DataConfig instead of the flags.
-    cfg = DataConfig(source=args.source, tokenizer=args.tokenizer, seq_len=args.seq_len,
-                     val_fraction=args.val_fraction, max_documents=args.max_documents)
+    try:
+        cfg = DataConfig(source=args.source, tokenizer=args.tokenizer, seq_len=args.seq_len,
+                         val_fraction=args.val_fraction, max_documents=args.max_documents)
+    except ConfigError as e:
+        parser.error(str(e))
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.monotonic()

@@ -15,7 +15,6 @@ uninterrupted run (exactly so with one worker, whose data order is fixed).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -31,6 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cli import pretrain_parser, print_config
+
+if __name__ == "__main__":  # --help and usage errors answer here, before torch and Ray load (seconds)
+    pretrain_parser(__doc__).parse_intermixed_args()
+
 import ray
 import ray.data
 import ray.train
@@ -42,6 +46,7 @@ from ray.train import UserCallback
 from eval.quick import quick_probe
 from harness import tracking
 from harness.config import Config, ConfigError, config_from_dict, load_config, resolve_location, resolve_path
+from harness.costs import warn_if_costly
 from harness.launch import build_trainer
 from harness.perf import peak_flops
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
@@ -260,13 +265,21 @@ def set_up(cfg: Config) -> Worker:
 
 
 def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, export: bool) -> None:
-    """ray.train.report from every rank; rank 0 attaches the checkpoint when one is due."""
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if save and w.rank == 0:
-            save_checkpoint(Path(tmp), w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(report, checkpoint=checkpoint)
+    """ray.train.report from every rank; rank 0 attaches the checkpoint when one is due.
+
+    The checkpoint is written to a local staging directory, which Ray deletes once it has uploaded it to the run's
+    storage. With train.async_checkpoint the upload runs in Ray's background thread while training goes on
+    (reports stay in order: a later report waits for an earlier upload); the last checkpoint, which the driver
+    reads as the run's result, is always uploaded before report returns."""
+    checkpoint = None
+    if save and w.rank == 0:
+        staging = Path(tempfile.mkdtemp(prefix=f"pnr-checkpoint-{w.progress.step}-"))
+        save_checkpoint(staging, w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
+        checkpoint = ray.train.Checkpoint.from_directory(staging)
+    background = w.cfg.train.checkpoint_async and not export
+    ray.train.report(report, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True,
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if background
+                     else ray.train.CheckpointUploadMode.SYNC)
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -445,6 +458,7 @@ def run_pretraining(cfg: Config, run_name: str | None = None, fresh: bool = Fals
     new run instead."""
     prepared = prepare_run(cfg)
     cfg = prepared.cfg
+    warn_if_costly(cfg)  # logs when checkpoints and validation passes would take over 5% of the run's time
     output = resolve_path(cfg.output_dir)
     key = config_key(cfg)
     tags = {RUN_KEY_TAG: key, **({"mlflow.runName": run_name} if run_name else {})}
@@ -462,16 +476,13 @@ def run_pretraining(cfg: Config, run_name: str | None = None, fresh: bool = Fals
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. studies/configs/small.yaml")
-    parser.add_argument("--name", default=None, help="run name (default: <objective>-<time>)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start a new run even if an interrupted run of this config can be continued")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 train.num_workers=2")
-    args = parser.parse_intermixed_args(argv)  # options may follow the overrides
+    args = pretrain_parser(__doc__).parse_intermixed_args(argv)  # options may follow the overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = run_pretraining(load_config(args.config, args.overrides), run_name=args.name, fresh=args.fresh)
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            return print_config(cfg)
+        summary = run_pretraining(cfg, run_name=args.name, fresh=args.fresh)
     except (ConfigError, FileNotFoundError, tracking.TrackingError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

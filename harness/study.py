@@ -34,6 +34,7 @@ from eval.quick import build_quick_probe
 from eval.suite import SuiteConfig, preflight_tasks
 from harness import tracking
 from harness.config import Config, ConfigError, resolve_location, resolve_path
+from harness.costs import warn_if_costly
 from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
 from harness.pretrain import prepare_run
 from harness.space import Space, apply_params, check_space
@@ -51,24 +52,9 @@ RESOURCE_KEYS = (("study", "max_concurrent"), ("train", "cpus_per_worker"), ("tr
 # ---------------------------------------------------------------- the scripts' command line
 
 
-def study_arguments(doc: str, spec_option: str, default_spec: str, argv: list[str] | None) -> argparse.Namespace:
-    """--config, the study's YAML (`--space` or `--spec`), --smoke, and overrides: `<space|spec>.key=value`
-    ones edit the study's YAML (args.spec_overrides), the others the config (args.config_overrides)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="base config, e.g. studies/configs/small.yaml")
-    parser.add_argument(spec_option, dest="spec", default=default_spec, help=f"the study's YAML ({default_spec})")
-    parser.add_argument("--smoke", action="store_true", help="a few tiny trials (use with studies/configs/tiny.yaml)")
-    prefix = f"{spec_option.removeprefix('--')}."
-    parser.add_argument("overrides", nargs="*", help=f"dotted config overrides; {prefix}* ones edit {spec_option}")
-    args = parser.parse_args(argv)
-    args.config_overrides = [o for o in args.overrides if not o.startswith(prefix)]
-    args.spec_overrides = [o.removeprefix(prefix) for o in args.overrides if o.startswith(prefix)]
-    return args
-
-
 def run_script(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a study script's body with the harness's progress (INFO logs) on stdout; a bad config, spec,
-    path or store ends it with one plain line."""
+    """Run a study script's body (its arguments parsed by harness.cli.study_arguments) with the harness's progress
+    (INFO logs) on stdout; a bad config, spec, path or store ends it with one plain line on stderr and status 2."""
     harness_logger = logging.getLogger("harness")
     if not harness_logger.handlers:
         handler = logging.StreamHandler(sys.stdout)
@@ -78,7 +64,11 @@ def run_script(name: str, run: Callable[[argparse.Namespace], int], args: argpar
     try:
         return run(args)
     except SETUP_ERRORS as e:
-        raise SystemExit(f"[{name}] {e}") from None
+        message = f"[{name}] {e}"
+        print(message, file=sys.stderr)
+        error = SystemExit(message)
+        error.code = 2  # the status of a usage error, as argparse's; the message stays the exception's text
+        raise error from None
 
 
 # ---------------------------------------------------------------- the study
@@ -195,6 +185,7 @@ def open_study(cfg: Config, space: Space | None = None, grid: list[TrialSpec] | 
     except ValueError as e:  # e.g. a tokenizer larger than model.vocab_size, a checkpoint of another model
         raise ConfigError(str(e)) from None
     warn_if_crowded(cfg)
+    warn_if_costly(prepared.cfg)
     quick = build_quick_probe(cfg.eval.quick_tasks, glue_dir, prepared.tokenizer,
                               cfg.eval.quick_train, cfg.eval.quick_dev, cfg.eval.quick_max_len)
     with tracking.training_run(prepared.tracking_uri, cfg.tracking.experiment, cfg.study.name, cfg.to_dict(),

@@ -215,10 +215,28 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def split_sequences(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A list of numbers (a (low, high) pair such as masking.enc_mask_scale) as one param per element, named as a
+    search space and `key=value` overrides name them: `masking.enc_mask_scale.0`, `.1`. MLflow's parallel
+    coordinates and Compare plot a param only when its values are numbers; the pair's string "(0.65, 0.85)" is
+    not logged as well, since its ends say the same."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, list | tuple) and value and all(_is_number(v) for v in value):
+            out.update({f"{key}.{i}": v for i, v in enumerate(value)})
+        else:
+            out[key] = value
+    return out
+
+
 def log_params(params: Mapping[str, Any]) -> None:
-    """Log parameters to the active run (values as strings)."""
+    """Log parameters to the active run (values as strings; lists of numbers one param per element)."""
     if active() and params:
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in split_sequences(params).items()})
 
 
 def set_tags(tags: Mapping[str, str]) -> None:

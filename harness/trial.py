@@ -1,10 +1,10 @@
 """One trial of a study: a Tune function trainable that pre-trains, evaluates and reports.
 
 A trial is one pre-training run (harness.pretrain.train, a TorchTrainer inside the trial) under a child
-MLflow run of the study's parent run. It reports the quick probe at every eval step (what ASHA stops on);
-a trial that reaches its last step gets the full evaluation suite in a Ray task (under each of the study's
-evaluation protocols), logs the suite's metrics and tables to its run, and its final report carries the
-study's metric(s) (`check_metrics` says which).
+MLflow run of the study's parent run. It reports the quick probe at every eval step (what ASHA stops on, never
+at the last step: harness.launch.LastStepASHA); a trial that reaches its last step gets the full evaluation suite
+in a Ray task (under each of the study's evaluation protocols), logs the suite's metrics and tables to its run,
+and its final report carries the study's metric(s) (`check_metrics` says which).
 
 Selection never reads GLUE dev. Everything that ranks trials (ASHA, Optuna, the best config, the Pareto front)
 reads `select/*` metrics (probes scored on held-out TRAIN data) or the pre-training's own `train/*` and `val/*`;
@@ -33,7 +33,7 @@ from eval.report import write_run
 from eval.suite import PROTOCOL_PREFIX, SuiteConfig, headline_metrics, result_metrics, run_suite
 from harness import tracking
 from harness.config import Config, ConfigError
-from harness.launch import QUICK_METRIC, SELECTION_PREFIXES, check_selection
+from harness.launch import LAST_STEP, QUICK_METRIC, SELECTION_PREFIXES, check_selection, mark_last_step
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
 
@@ -66,13 +66,18 @@ class TrialDiverged(RuntimeError):
 
 
 class ForwardEvalReports(TuneReportCallback):
-    """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric);
-    every report reaches MLflow anyway (tracking.ReportToMLflow)."""
+    """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric), the last
+    step's marked as such (ASHA never stops a trial there); every report reaches MLflow anyway
+    (tracking.ReportToMLflow)."""
+
+    def __init__(self, max_steps: int) -> None:
+        super().__init__()
+        self.max_steps = max_steps
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: ray.train.Checkpoint | None) -> None:
         if QUICK_METRIC in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
+            super().after_report(run_context, [mark_last_step(metrics[0], self.max_steps)], checkpoint)
 
 
 def check_metrics(cfg: Config) -> None:
@@ -147,7 +152,7 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
                                tags, run_id=existing) as run:
         tracking.log_params({f"trial.{k}": v for k, v in spec.overrides.items()})
         summary = train(cfg, context.prepared, run, f"trial-{spec.label}", trial_dir, context.study_dir / "train",
-                        [ForwardEvalReports()], context.quick)
+                        [ForwardEvalReports(cfg.optim.max_steps)], context.quick)
         if summary["outcome"] != "finished":
             raise TrialDiverged(f"trial {spec.label}: {summary['note']}")
         trained = time.time()
@@ -167,4 +172,5 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         tracking.log_metrics(wall)
         # Tune (ASHA, Optuna) sees the selection metrics only: dev scores stay in MLflow, the final record.
         selection = {k: v for k, v in {**recorded, **final}.items() if k.startswith(SELECTION_PREFIXES)}
-        tune.report({**selection, **wall, "step": summary["steps"], "perf/train_time_s": recorded["perf/train_time_s"]})
+        tune.report({**selection, **wall, "step": summary["steps"], "perf/train_time_s": recorded["perf/train_time_s"],
+                     LAST_STEP: 1.0})

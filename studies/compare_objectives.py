@@ -15,17 +15,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
+from harness.cli import print_config, study_arguments
+
+DEFAULT_SPEC = "studies/spaces/compare_objectives.yaml"
+if __name__ == "__main__":  # --help and usage errors answer here, before torch and Ray load (seconds)
+    study_arguments(__doc__, "--spec", DEFAULT_SPEC, None)
+
 import pandas as pd
 
 from eval.report import read_run, write_table
 from eval.stats import aggregate_seeds, paired_example_tests, seed_tests
 from harness.config import Config, ConfigError, load_config
 from harness.space import load_spec, matched_steps
-from harness.study import open_study, run_script, study_arguments
+from harness.study import open_study, run_script
 from harness.study_report import StudyResult, markdown_table
 from harness.trial import TrialSpec
 
-DEFAULT_SPEC = "studies/spaces/compare_objectives.yaml"
 SMOKE = ["study.name=compare_objectives_smoke", "study.max_concurrent=2", "optim.max_steps=20",
          "train.eval_every=10", "train.log_every=5", "train.cpus_per_worker=0.4", "eval.quick_train=200",
          "eval.quick_dev=200", "eval.tasks=[sst2, stsb]", "eval.poolings=[mean, attention]", "eval.max_train=300",
@@ -71,7 +76,7 @@ def paired_tests(result: StudyResult) -> list[tuple[str, str]]:
     main_rows = aggregate[(aggregate["family"] == "probe") | (aggregate["metric"] == "uniformity")]
     return [("Seed aggregates (mean, std over seeds)", markdown_table(main_rows)),
             ("Seed-level tests between objectives", f"{len(between)} tests over pre-training seeds (Welch's t and "
-             f"the exact permutation test, Holm on the permutation p), {n_seed} significant: see seed_tests.csv."),
+             f"the exact permutation test, Holm on the Welch p), {n_seed} significant: see seed_tests.csv."),
             ("Paired tests", f"{len(tests)} paired bootstrap tests over dev examples within each encoder pair (not a "
                              f"test between objectives), {n_sig} significant after Holm (alpha 0.05): see "
                              "comparison.csv.")]
@@ -85,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     # 1. The base config (no early stopping: every run must reach its budget) and the trial grid.
     defaults = ["study.name=compare_objectives", "study.scheduler=none"]
     cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
+    if args.print_config:
+        return print_config(cfg)
     spec = load_spec(args.spec, (SMOKE_SPEC if args.smoke else []) + args.spec_overrides)
     grid, budgets = trial_grid(cfg, spec)
     print(f"[compare_objectives] {len(grid)} runs:\n{budgets.to_string(index=False)}", flush=True)

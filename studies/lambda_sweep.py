@@ -19,11 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
-from harness.config import load_config
-from harness.space import load_space
-from harness.study import open_study, run_script, study_arguments
+from harness.cli import print_config, study_arguments
 
 DEFAULT_SPACE = "studies/spaces/lambda_sweep.yaml"
+if __name__ == "__main__":  # --help and usage errors answer here, before torch and Ray load (seconds)
+    study_arguments(__doc__, "--space", DEFAULT_SPACE, None)
+
+from harness.config import load_config
+from harness.space import load_space
+from harness.study import open_study, run_script
 
 # --smoke: a few tiny trials, minutes on a laptop (use with studies/configs/tiny.yaml).
 SMOKE = ["study.name=lambda_sweep_smoke", "study.num_samples=2", "study.max_concurrent=2", "study.grace_period=10",
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     # 1. The base config: the file, the smoke setting, then the command line.
     defaults = ["study.name=lambda_sweep", "objective.name=hybrid"]
     cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
+    if args.print_config:
+        return print_config(cfg)
 
     # 2. The search space: the YAML, then space.* overrides.
     space = load_space(args.spec, args.spec_overrides)

@@ -20,17 +20,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
+from harness.cli import print_config, study_arguments
+
+DEFAULT_SPEC = "studies/spaces/paper_claims.yaml"
+if __name__ == "__main__":  # --help and usage errors answer here, before torch and Ray load (seconds)
+    study_arguments(__doc__, "--spec", DEFAULT_SPEC, None)
+
 import pandas as pd
 
 from harness.claims import claims_report
 from harness.config import Config, ConfigError, load_config
 from harness.space import load_spec, matched_steps
-from harness.study import open_study, run_script, study_arguments
+from harness.study import open_study, run_script
 from harness.study_report import markdown_table
 from harness.tracking import flatten
 from harness.trial import TrialSpec
 
-DEFAULT_SPEC = "studies/spaces/paper_claims.yaml"
 # --smoke: two arms x two seeds of the tiny model, a minimal evaluation (use with studies/configs/tiny.yaml).
 SMOKE = ["study.name=paper_claims_smoke", "study.max_concurrent=2", "optim.max_steps=20", "train.eval_every=10",
          "train.log_every=5", "train.cpus_per_worker=0.4", "eval.quick_train=200", "eval.quick_dev=200",
@@ -62,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     # 1. The base config (no early stopping: every run reaches its budget), the spec and the trial grid.
     defaults = ["study.name=paper_claims", "study.scheduler=none"]
     cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
+    if args.print_config:
+        return print_config(cfg)
     spec = load_spec(args.spec, (SMOKE_SPEC if args.smoke else []) + args.spec_overrides)
     grid, budgets = trial_grid(cfg, spec)
     print(f"[paper_claims] {len(grid)} runs, protocols {spec['protocols']}:\n{budgets.to_string(index=False)}",

@@ -16,6 +16,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, or from a job's working dir
 
+from harness.cli import print_config, study_arguments
+
+DEFAULT_SPEC = "studies/spaces/scaling.yaml"
+if __name__ == "__main__":  # --help and usage errors answer here, before torch and Ray load (seconds)
+    study_arguments(__doc__, "--spec", DEFAULT_SPEC, None)
+
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,12 +29,11 @@ from matplotlib.figure import Figure
 
 from harness.config import Config, ConfigError, load_config
 from harness.space import apply_params, load_spec
-from harness.study import open_study, run_script, study_arguments
+from harness.study import open_study, run_script
 from harness.study_report import markdown_table
 from harness.trial import TrialSpec
 from objectives import train_flops_per_step
 
-DEFAULT_SPEC = "studies/spaces/scaling.yaml"
 SMOKE = ["study.name=scaling_smoke", "study.max_concurrent=2", "train.eval_every=10", "train.log_every=5",
          "train.cpus_per_worker=0.4", "eval.quick_train=200", "eval.quick_dev=200", "eval.tasks=[sst2, stsb]",
          "eval.poolings=[mean]", "eval.max_train=300", "eval.max_dev=300", "eval.n_boot=50", "eval.geometry_n=200"]
@@ -97,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     # 1. The base config (no early stopping: every run must spend its budget) and the grid.
     defaults = ["study.name=scaling", "study.scheduler=none"]
     cfg = load_config(args.config, defaults + (SMOKE if args.smoke else []) + args.config_overrides)
+    if args.print_config:
+        return print_config(cfg)
     spec = load_spec(args.spec, (SMOKE_SPEC if args.smoke else []) + args.spec_overrides)
     grid, compute = trial_grid(cfg, spec)
     print(f"[scaling] {len(grid)} runs: {', '.join(t.label for t in grid)}", flush=True)

@@ -86,11 +86,27 @@ def test_override_config_sets_existing_keys_and_validates_again() -> None:
         ("data.seq_len=1024", r"data\.seq_len=1024: must be <= model\.max_position_embeddings=512"),
         ("optim.learning_rate=1e-4", r"optim\.learning_rate='1e-4': unknown key; valid keys here: \['lr'"),
         ("optimizer.lr=1e-4", r"optimizer=\{'lr': '1e-4'\}: unknown key; valid keys here: \['model'"),
+        ("train.placement=pack", r"train\.placement='pack': must be one of \['STRICT_PACK', 'PACK', 'SPREAD'"),
     ],
 )
 def test_bad_values_fail_naming_key_value_and_rule(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_config(CONFIGS / "small.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "placement", "background_upload"),
+    [
+        ([], "PACK", False),  # CPU: workers packed, checkpoints uploaded before report returns
+        (["train.use_gpu=true", "train.num_workers=8"], "STRICT_PACK", True),  # one p5 node
+        (["train.use_gpu=true", "train.num_workers=16"], "PACK", True),  # two nodes
+        (["train.use_gpu=true", "train.placement=SPREAD", "train.async_checkpoint=false"], "SPREAD", False),
+    ],
+)
+def test_placement_and_checkpoint_upload_follow_the_device_unless_set(overrides: list[str], placement: str,
+                                                                      background_upload: bool) -> None:
+    train = load_config(CONFIGS / "small.yaml", overrides).train
+    assert (train.placement_strategy, train.checkpoint_async) == (placement, background_upload)
 
 
 def test_missing_file_and_bad_top_level(tmp_path: Path) -> None:

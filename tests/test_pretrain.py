@@ -1,5 +1,6 @@
 """The Ray harness end to end: real Ray Train workers on prepared real Wikipedia, MLflow in sqlite."""
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,23 @@ def test_resume_reproduces_the_uninterrupted_run(out: Path) -> None:
     assert sorted(got) == [5, 6, 7, 8]
     for step, loss in got.items():
         assert loss == pytest.approx(expected[step], rel=1e-5, abs=1e-6), f"step {step}"
+
+
+def test_background_upload_stores_the_same_checkpoints_and_cleans_its_staging(out: Path) -> None:
+    common = ["optim.max_steps=8", "train.log_every=1", "train.checkpoint_every=4", "train.keep_checkpoints=4",
+              "train.eval_every=0"]
+    if not (out / "ray_results" / "straight").is_dir():
+        run(out, "straight", *common)
+    staged_before = set(Path(tempfile.gettempdir()).glob("pnr-checkpoint-*"))
+    background = run(out, "background", *common, "train.async_checkpoint=true")
+    assert set(Path(tempfile.gettempdir()).glob("pnr-checkpoint-*")) <= staged_before  # Ray deleted each staging dir
+    for step in (4, 8):  # the step-4 one was uploaded while training went on; the last one before the run returned
+        ours = torch.load(checkpoint_at(out, "background", step) / STATE_FILE, weights_only=True)
+        reference = torch.load(checkpoint_at(out, "straight", step) / STATE_FILE, weights_only=True)
+        assert ours["model"].keys() == reference["model"].keys()
+        for name, tensor in reference["model"].items():
+            assert torch.equal(ours["model"][name], tensor), f"step {step}: {name}"
+    assert torch.load(Path(background["checkpoint"]) / STATE_FILE, weights_only=True)["progress"]["step"] == 8
 
 
 def test_checkpoint_from_another_config_is_refused_before_training(out: Path) -> None:

@@ -38,3 +38,32 @@ def test_experiments_open_on_their_training_runs(tmp_path: Path, elsewhere: Path
     for name in ("new", "old"):
         tracking.use_experiment(uri, name)
         assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_pairs_are_numeric_params_named_like_the_search_space_ends(tmp_path: Path, elsewhere: Path) -> None:
+    """A (low, high) pair is logged as its two ends, numbers that MLflow's parallel coordinates and Compare can
+    plot, under the names a search space gives them (masking.enc_mask_scale.0); non-numeric lists stay as they are."""
+    from harness.config import load_config
+    from harness.space import load_space
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "studies" / "configs" / "tiny.yaml")
+    space = load_space(repo / "studies" / "spaces" / "lambda_sweep.yaml")
+    uri = tracking.default_uri(tmp_path)
+    with tracking.training_run(uri, "exp", "trial", cfg.to_dict()) as run:
+        tracking.log_params({"trial.masking.enc_mask_scale": [0.6, 0.8], "trial.masking.pred_mask_scale.1": 0.2,
+                             "trial.objective.lambda_init": 0.3})
+    params = MlflowClient(uri).get_run(run.run_id).data.params
+    low, high = cfg.masking.enc_mask_scale
+    assert (float(params["masking.enc_mask_scale.0"]), float(params["masking.enc_mask_scale.1"])) == (low, high)
+    assert float(params["masking.pred_mask_scale.1"]) == cfg.masking.pred_mask_scale[1]
+    assert float(params["optim.betas.0"]) == cfg.optim.betas[0]
+    assert (params["trial.masking.enc_mask_scale.0"], params["trial.masking.enc_mask_scale.1"]) == ("0.6", "0.8")
+    assert params["trial.masking.pred_mask_scale.1"] == "0.2"
+    pair_ends = [k for k in space if k.startswith(("masking.enc_mask_scale.", "masking.pred_mask_scale."))]
+    assert len(pair_ends) == 4 and set(pair_ends) <= set(params)  # the config's pair ends, named as searched
+    assert not {"masking.enc_mask_scale", "masking.pred_mask_scale", "trial.masking.enc_mask_scale"} & set(params)
+    assert params["eval.tasks"] == str(cfg.eval.tasks)  # a list of names stays one param
+    # What the parallel-coordinates plot reads: every end is a number.
+    for key in [k for k in params if k.startswith(("masking.", "trial.masking."))]:
+        float(params[key])
