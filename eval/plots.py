@@ -63,23 +63,43 @@ def plot_alignment_uniformity(results: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+# Which way is better, for the heat maps' colours: +1 higher, -1 lower, absent: neither (a description, e.g. the
+# spectrum's power-law exponent and its fit, or the lexical probe, whose direction is the question studied).
+BETTER = {"acc": 1, "spearman": 1, "pearson": 1, "effective_rank": 1, "spectral_entropy": 1, "stable_rank": 1,
+          "isoscore": 1, "uniformity": -1, "uniformity_centered": -1, "alignment": -1, "mean_cosine": -1}
+ARROWS = {1: " ↑", -1: " ↓", 0: " ·"}
+
+
+def better_scaled(wide: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each column min-max scaled to 0..1, turned so that 1 is the best value where the metric has a direction;
+    and the directions (+1, -1, 0) of the columns."""
+    directions = np.array([BETTER.get(str(m).split(":")[-1], 0) for m in wide.columns])
+    scaled = ((wide - wide.min()) / (wide.max() - wide.min()).replace(0, 1)).to_numpy(dtype=float)
+    return np.where(directions < 0, 1 - scaled, scaled), directions
+
+
 def plot_heatmap(results: pd.DataFrame, path: Path) -> Path:
-    """Rows encoder/task, columns metrics; colour = value scaled to 0..1 within each column."""
+    """Rows encoder/task, columns metrics; colour = the value scaled to 0..1 within its column, turned so that
+    bright is better where a metric has a better direction (↑ higher, ↓ lower; · none: bright is higher)."""
     results = results[~results["metric"].str.endswith("_draw_std")]
     plain = results["family"].isin(["probe", "geom"])
     results = results.assign(metric=results["metric"].where(plain, results["family"] + ":" + results["metric"]))
     wide = results.pivot_table(index=["encoder", "task"], columns="metric", values="value", sort=False)
-    scaled = ((wide - wide.min()) / (wide.max() - wide.min()).replace(0, 1)).to_numpy(dtype=float)
-    fig = Figure(figsize=(1.5 + 0.7 * wide.shape[1], 2 + 0.35 * wide.shape[0]))
+    scaled, directions = better_scaled(wide)
+    fig = Figure(figsize=(2.5 + 0.7 * wide.shape[1], 2.2 + 0.35 * wide.shape[0]))
     ax = fig.subplots()
-    ax.imshow(scaled, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+    image = ax.imshow(scaled, cmap="viridis", aspect="auto", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(wide.to_numpy(dtype=float)):
         if not np.isnan(v):
             color = "k" if scaled[i, j] > 0.6 else "w"
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6, color=color)
-    ax.set_xticks(range(wide.shape[1]), wide.columns, rotation=60, ha="right", fontsize=7)
+    labels = [f"{m}{ARROWS[d]}" for m, d in zip(wide.columns, directions, strict=True)]
+    ax.set_xticks(range(wide.shape[1]), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(wide.shape[0]), [f"{e}/{t}" for e, t in wide.index], fontsize=7)
-    ax.set_title(f"pooling: {results['pooling'].iloc[0]} (colour scaled per column)")
+    ax.set_title(f"pooling: {results['pooling'].iloc[0]}: numbers are values; colour is scaled within each column, "
+                 "bright = better (↑ higher is better, ↓ lower is better, · no direction: bright = higher)", fontsize=8)
+    bar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, ticks=[0, 1])
+    bar.ax.set_yticklabels(["worst", "best"], fontsize=7)
     return _save(fig, path)
 
 

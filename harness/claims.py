@@ -10,11 +10,9 @@ plots as links; MLflow's artifact viewer renders the HTML, whose plots are inlin
 
 from __future__ import annotations
 
-import base64
 import html
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from eval.tasks import get_spec
 from harness import tracking
 from harness.config import REPO_ROOT
 from harness.step import lr_multiplier
-from harness.study_report import StudyResult, markdown_table, param_value
+from harness.study_report import StudyResult, html_page, inline_html, markdown_table, param_value, png_img
 
 logger = logging.getLogger(__name__)
 
@@ -470,35 +468,23 @@ class Doc:
         body = []
         for kind, value in self.blocks:
             if kind == "h":
-                body.append(f"<h{value[0]}>{_inline(value[1])}</h{value[0]}>")
+                body.append(f"<h{value[0]}>{inline_html(value[1])}</h{value[0]}>")
             elif kind == "p":
-                body.append(f"<p>{_inline(value)}</p>")
+                body.append(f"<p>{inline_html(value)}</p>")
             elif kind == "list":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in value) + "</ul>")
+                body.append("<ul>" + "".join(f"<li>{inline_html(i)}</li>" for i in value) + "</ul>")
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(str(c))}</th>" for c in value.columns)
                 rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
                                for row in value.itertuples(index=False))
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif kind == "image":
-                data = base64.b64encode(value[0].read_bytes()).decode()
-                body.append(f'<p><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}"></p>')
-        style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
-                 "font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
-                 "img{max-width:100%}code{background:#f3f3f3}")
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+                body.append(png_img(value[0], value[1]))
+        return html_page(title, "".join(body))
 
 
 def _cell(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _inline(text: str) -> str:
-    """Markdown's **bold** and `code` in HTML (the rest escaped)."""
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 # ---------------------------------------------------------------- the report

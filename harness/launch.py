@@ -21,7 +21,7 @@ import ray
 import ray.data
 import ray.train
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 from ray.tune import CLIReporter
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -65,6 +65,7 @@ def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: 
                                          controller_failure_limit=t.controller_failure_limit),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level="WARNING"),  # Ray Train's own INFO lines: in its log files
         ),
         datasets=datasets,
         # Only the train split is sharded; rank 0 reads the held-out split whole. A fixed block order

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cli import prepare_parser
+from harness.console import init_ray, own_logging
 
 if __name__ == "__main__":  # --help and usage errors answer here, before pyarrow and numpy load
     prepare_parser(__doc__.splitlines()[0]).parse_args()
@@ -264,11 +265,9 @@ def _read_documents(shards: _Shards, max_documents: int | None) -> ray.data.Data
 
 def _tokenize_and_write(cfg: DataConfig, shards: _Shards, out: Path) -> None:
     """The Ray Data pipeline: documents -> tokenizer actors (tokenise, split, pack) -> out/train, out/val."""
-    import ray
     import ray.data
 
-    if not ray.is_initialized():  # here, not in main(): a cache hit starts no Ray at all
-        ray.init()  # inside `ray job` RAY_ADDRESS is set, and this connects to that cluster
+    init_ray()  # here, not in main(): a cache hit starts no Ray at all
     local = Path(cfg.tokenizer).expanduser()
     tokenizer = str(local.resolve()) if local.exists() else cfg.tokenizer  # actors may run in another cwd
     packed = _read_documents(shards, cfg.max_documents).map_batches(
@@ -386,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         parser.error(str(e))
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    own_logging()
     start = time.monotonic()
     out = prepare(cfg, args.out)
     manifest = read_manifest(out)

@@ -46,6 +46,7 @@ from ray.train import UserCallback
 from eval.quick import quick_probe
 from harness import tracking
 from harness.config import Config, ConfigError, config_from_dict, load_config, resolve_location, resolve_path
+from harness.console import init_ray, own_logging, progress_line, quiet_libraries
 from harness.costs import warn_if_costly
 from harness.launch import build_trainer
 from harness.perf import peak_flops
@@ -283,7 +284,8 @@ def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, expor
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a worker process: show the progress lines
+    own_logging()  # a worker process: its progress lines reach the driver's console
+    quiet_libraries()
     cfg = config_from_dict(loop["config"])
     w = set_up(cfg)
     o, t = cfg.optim, cfg.train
@@ -301,6 +303,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     stream = itertools.islice(device_batches(ray.train.get_dataset_shard("train"), w.device), w.progress.position,
                               None)
 
+    started, first_step = time.perf_counter(), w.progress.step  # for the progress line's elapsed time and ETA
     for batch, epoch in timer.timed(stream):
         p = w.progress
         if step_hook is not None:
@@ -318,7 +321,10 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         eval_now = val_batches is not None and (last or p.step % t.eval_every == 0)
         if not (log_now or ckpt_now or eval_now):
             continue
-        peak = peak or peak_flops(t.peak_flops, w.device, ffn_gemm_shape(cfg))
+        if peak is None:
+            peak = peak_flops(t.peak_flops, w.device, ffn_gemm_shape(cfg))
+            if w.rank == 0:
+                logger.info("[%s] MFU = model FLOP/s / %.1f GFLOP/s (%s)", loop["name"], peak[0] / 1e9, peak[1])
         report = {**meter.read("train/"), **timer.read(w.world, tokens_per_step, flops_per_step, peak[0]),
                   "step": p.step, "epoch": p.epoch, "train/lr": w.scheduler.get_last_lr()[0],
                   "train/ema_momentum": momentum}
@@ -333,9 +339,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 report.update(quick_probe(w.module.nets.encoder, quick_tasks, w.device))
         report_and_checkpoint(w, report, save=bool(ckpt_now), export=last)
         if w.rank == 0 and log_now:
-            logger.info("step %d/%d loss %.4f λ %.3f %.0f tok/s mfu %.2f (%s) data_wait %.3f", p.step, o.max_steps,
-                        report.get("train/loss", float("nan")), report.get("train/lambda", float("nan")),
-                        report["perf/tokens_per_s"], report["perf/mfu"], peak[1], report["perf/data_wait"])
+            logger.info("[%s] %s", loop["name"], progress_line(p.step, o.max_steps, time.perf_counter() - started,
+                                                              p.step - first_step, report))
         if last:
             return
         timer.restart()
@@ -384,8 +389,7 @@ def prepare_run(cfg: Config) -> PreparedRun:
     if cfg.train.resume_from:
         check_compatible(read_checkpoint(cfg.train.resume_from)["config"], cfg)
     data_dir = prepare(data_cfg, output / "data")  # checks the source before any Ray work; a cache hit is free
-    if not ray.is_initialized():
-        ray.init()  # inside `ray job submit`, RAY_ADDRESS points at the cluster
+    init_ray()  # a local Ray, or inside `ray job submit` the cluster at RAY_ADDRESS
     return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, tokenizer, uri)
 
 
@@ -411,7 +415,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
         raise ValueError("the data section of a trial must equal the prepared one; prepare the data per config")
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook}
+    loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook, "name": name}
     uri = prepared.tracking_uri
     trainer = build_trainer(cfg, train_loop_per_worker, loop_config, masked_stream(cfg, prepared), name,
                             storage, [tracking.ReportToMLflow(uri, run.run_id), *callbacks])
@@ -477,7 +481,8 @@ def run_pretraining(cfg: Config, run_name: str | None = None, fresh: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     args = pretrain_parser(__doc__).parse_intermixed_args(argv)  # options may follow the overrides
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    own_logging()
+    quiet_libraries()
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -492,7 +497,19 @@ def main(argv: list[str] | None = None) -> int:
               f"  {command}", file=sys.stderr)
         return 130
     print("\n".join(f"{k:>22}: {v}" for k, v in summary.items()))
+    if summary["outcome"] == "finished":
+        print(next_steps(summary))
     return 0 if summary["outcome"] == "finished" else 1
+
+
+def next_steps(summary: dict[str, Any]) -> str:
+    """What to run after a finished run: the evaluation of its encoder and the MLflow UI on its tracking store."""
+    lines = ["next:", f"  evaluate the encoder:  python -m eval.run --encoder {shlex.quote(str(summary['encoder']))}"]
+    uri = str(summary["tracking_uri"])
+    if not uri.startswith(("http://", "https://")):
+        lines.append(f"  start the MLflow UI:   mlflow ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1")
+    lines.append(f"  this run in MLflow:    {tracking.ui_link(uri, summary['mlflow_run_id'])}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

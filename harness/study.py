@@ -34,6 +34,7 @@ from eval.quick import build_quick_probe
 from eval.suite import SuiteConfig, preflight_tasks
 from harness import tracking
 from harness.config import Config, ConfigError, resolve_location, resolve_path
+from harness.console import own_logging, quiet_libraries
 from harness.costs import warn_if_costly
 from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
 from harness.pretrain import prepare_run
@@ -55,12 +56,8 @@ RESOURCE_KEYS = (("study", "max_concurrent"), ("train", "cpus_per_worker"), ("tr
 def run_script(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a study script's body (its arguments parsed by harness.cli.study_arguments) with the harness's progress
     (INFO logs) on stdout; a bad config, spec, path or store ends it with one plain line on stderr and status 2."""
-    harness_logger = logging.getLogger("harness")
-    if not harness_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-        harness_logger.addHandler(handler)
-    harness_logger.setLevel(logging.INFO)
+    own_logging(sys.stdout, "[%(name)s] %(message)s")
+    quiet_libraries()
     try:
         return run(args)
     except SETUP_ERRORS as e:

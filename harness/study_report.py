@@ -7,8 +7,11 @@ of a finished trial (FINAL_METRICS) is shown beside them and never read by any c
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,78 @@ def trial_table(uri: str, parent_run_id: str, cfg: Config) -> pd.DataFrame:
         return table
     primary, mode = cfg.study.metric[0], cfg.study.mode[0]
     return table.sort_values(primary, ascending=mode == "min", na_position="last").reset_index(drop=True)
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The trial table as a person reads it: the scores first, then the searched values under short names
+    (`trial.masking.enc_mask_scale.0` -> `enc_mask_scale.0`, unless two would collide), no run ids."""
+    table = table.drop(columns=["run_id"], errors="ignore")
+    params = [c for c in table.columns if c.startswith("trial.")]
+    short = {c: c.removeprefix("trial.").split(".", 1)[-1] for c in params}
+    if len(set(short.values())) < len(short):
+        short = {c: c.removeprefix("trial.") for c in params}
+    return table[[c for c in table.columns if c not in params] + params].rename(columns=short)
+
+
+# ---------------------------------------------------------------- reports as self-contained HTML
+
+HTML_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
+              "font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+              "img{max-width:100%}code,pre{background:#f3f3f3}")
+
+
+def inline_html(text: str) -> str:
+    """Markdown's **bold** and `code` in HTML (the rest escaped)."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def png_img(path: Path, alt: str) -> str:
+    """An <img> with the PNG inlined as a data URI: the page needs no other file (MLflow's artifact view shows
+    an HTML artifact alone, so relative image links would not load there)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def html_page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>{body}</body></html>")
+
+
+def markdown_html(text: str, folder: Path, title: str) -> str:
+    """The markdown this module writes (headings, paragraphs, pipe tables, fenced code, image lines) as one HTML
+    page with its images (paths relative to `folder`) inlined."""
+    body, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            end = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("```")), len(lines))
+            body.append(f"<pre>{html.escape(chr(10).join(lines[i + 1:end]))}</pre>")
+            i = end + 1
+            continue
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not set(lines[i]) <= set("|-: "):  # the header's separator row
+                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head = "".join(f"<th>{inline_html(c)}</th>" for c in rows[0])
+            cells = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            continue
+        image = re.fullmatch(r"!\[(.*)\]\((.+)\)", line.strip())
+        if image and (folder / image.group(2)).is_file():
+            body.append(png_img(folder / image.group(2), image.group(1)))
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{inline_html(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{inline_html(line[2:])}</li></ul>")
+        elif line.strip():
+            body.append(f"<p>{inline_html(line)}</p>")
+        i += 1
+    return html_page(title, "".join(body))
 
 
 def finished(table: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -198,7 +273,7 @@ def write_report(result: StudyResult, cfg: Config, space: Space | None, sections
         tracking.set_tags({"best_trial": str(top["label"])})
         logged.update({f"best/{m}": float(top[m]) for m in metrics})
         title = "Pareto front" if len(metrics) > 1 else "Best trial"
-        md += [f"## {title}", "", markdown_table(best.drop(columns=["run_id"])), "",
+        md += [f"## {title}", "", markdown_table(display_table(best)), "",
                f"Best config of `{top['label']}` (full file: best_config.yaml):", "", "```yaml",
                yaml.safe_dump(overrides, sort_keys=False).strip(), "```", ""]
         if len(metrics) > 1:
@@ -219,12 +294,14 @@ def write_report(result: StudyResult, cfg: Config, space: Space | None, sections
             md += [f"![{metrics[0]} against each searched parameter](plots/metric_vs_params.png)", ""]
     if not table.empty:
         plot_quick_curves(uri, table, plots / "quick_probe.png")
-        md += ["## Trials", "", markdown_table(table.drop(columns=["run_id"])), "",
+        md += ["## Trials", "", markdown_table(display_table(table)), "",
                "![quick probe during pre-training](plots/quick_probe.png)", ""]
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
     (out / "report.md").write_text("\n".join(md))
+    (out / "report.html").write_text(markdown_html("\n".join(md), out, f"Study {cfg.study.name}"))
     tracking.log_metrics(logged)
     tracking.log_artifact(out, "report")
-    logger.info("report: %s", out / "report.md")
+    logger.info("report: %s (in MLflow: %s, artifact report/report.html)", out / "report.md",
+                tracking.ui_link(uri, result.parent_run_id))
     return out

@@ -126,8 +126,10 @@ def training_run(uri: str, experiment: str, run_name: str, config: dict[str, Any
         mlflow.end_run(status=handle.status)
 
 
-# MLflow 3's UI opens an experiment on its GenAI pages unless this tag says it holds model-training runs.
+# MLflow 3's UI: this tag marks an experiment as holding model-training runs. MLflow 3.17's UI picks its GenAI or
+# model-training pages by a per-browser setting (default GenAI) that the query parameter of `ui_link` overrides.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+TRAINING_VIEW = "?workflowType=machine_learning"
 
 
 def artifact_root(uri: str) -> str | None:
@@ -277,6 +279,14 @@ class ReportToMLflow(UserCallback):
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """[(step, value), ...] of one metric of a run, in logging order."""
     return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key)]
+
+
+def ui_link(uri: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The run's page in the MLflow UI served at `ui` (for a tracking server: the server itself), opened on the
+    model-training pages."""
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
 
 
 def read_run(uri: str, run_id: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import ray
 import ray.train
+import transformers
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -33,6 +34,7 @@ from eval.report import write_run
 from eval.suite import PROTOCOL_PREFIX, SuiteConfig, headline_metrics, result_metrics, run_suite
 from harness import tracking
 from harness.config import Config, ConfigError
+from harness.console import own_logging, quiet_libraries
 from harness.launch import LAST_STEP, QUICK_METRIC, SELECTION_PREFIXES, check_selection, mark_last_step
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
@@ -125,6 +127,9 @@ def protocol_metrics(results: pd.DataFrame, protocol: str) -> dict[str, float]:
 def _evaluate(encoder: Path, glue_dir: Path | None, suites: Sequence[SuiteConfig], trial_dir: Path, name: str,
               group: str) -> tuple[dict[str, float], dict[str, float]]:
     """The suite under each protocol, its tables written to the protocol's folder; (metrics, wall seconds)."""
+    own_logging()  # a Ray task's process: the suite's progress lines, once
+    quiet_libraries()
+    transformers.utils.logging.set_verbosity_error()  # our exports have no pooler: its "MISSING" load report is noise
     metrics, walls = {}, {}
     for suite in suites:
         start, protocol = time.time(), suite.protocol

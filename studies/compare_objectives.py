@@ -28,7 +28,7 @@ from eval.stats import aggregate_seeds, paired_example_tests, seed_tests
 from harness.config import Config, ConfigError, load_config
 from harness.space import load_spec, matched_steps
 from harness.study import open_study, run_script
-from harness.study_report import StudyResult, markdown_table
+from harness.study_report import StudyResult, display_table, markdown_table
 from harness.trial import TrialSpec
 
 SMOKE = ["study.name=compare_objectives_smoke", "study.max_concurrent=2", "optim.max_steps=20",
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     with open_study(cfg, grid=grid) as study:
         result = study.run()
         report = study.report(result, [("Budgets", markdown_table(budgets)), *paired_tests(result)])
-    print(result.table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(display_table(result.table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"[compare_objectives] report {report / 'report.md'}; MLflow parent run {result.parent_run_id}")
     return 0
 

@@ -28,6 +28,7 @@ if __name__ == "__main__":  # --help and usage errors answer here, before torch 
 from harness.config import load_config
 from harness.space import load_space
 from harness.study import open_study, run_script
+from harness.study_report import display_table
 
 # --smoke: a few tiny trials, minutes on a laptop (use with studies/configs/tiny.yaml).
 SMOKE = ["study.name=lambda_sweep_smoke", "study.num_samples=2", "study.max_concurrent=2", "study.grace_period=10",
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     with open_study(cfg, space=space) as study:
         result = study.run()
         report = study.report(result)
-    print(result.table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(display_table(result.table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"[lambda_sweep] report {report / 'report.md'}; MLflow parent run {result.parent_run_id}")
     return 0
 

@@ -32,7 +32,7 @@ from harness.claims import claims_report
 from harness.config import Config, ConfigError, load_config
 from harness.space import load_spec, matched_steps
 from harness.study import open_study, run_script
-from harness.study_report import markdown_table
+from harness.study_report import display_table, markdown_table
 from harness.tracking import flatten
 from harness.trial import TrialSpec
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         result = study.run()
         sections = claims_report(result, cfg.study.name, spec, budgets)
         report = study.report(result, [("Budgets", markdown_table(budgets)), *sections])
-    print(result.table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(display_table(result.table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"[paper_claims] claims {report / 'paper_claims.html'}; report {report / 'report.md'}; "
           f"MLflow parent run {result.parent_run_id}")
     return 0

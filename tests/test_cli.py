@@ -23,6 +23,7 @@ import yaml
 from eval.config import SuiteConfig
 from eval.run import suite_yaml
 from harness.config import load_config
+from harness.console import RAY_STARTED
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "studies/configs/tiny.yaml"
@@ -39,6 +40,7 @@ CLIS = {
     "studies/scaling.py": ["studies/scaling.py"],
     "studies/paper_claims.py": ["studies/paper_claims.py"],
     "cluster.nccl_check": ["-m", "cluster.nccl_check"],
+    "scripts/mlflow_screenshots.py": ["scripts/mlflow_screenshots.py"],  # needs Chromium: --help and bad input only
 }
 STUDIES = [name for name in CLIS if name.startswith("studies/")]
 HEAVY = ("torch", "ray", "mlflow", "transformers")
@@ -71,7 +73,7 @@ def one_line_error(done: subprocess.CompletedProcess, fragment: str) -> str:
 def test_the_readme_names_these_command_lines() -> None:
     text = (REPO / "README.md").read_text()
     named = set(re.findall(r"python -m ([\w.]+)", text)) - {"pytest"}
-    named |= {f"studies/{s}.py" for s in re.findall(r"python studies/(\w+)\.py", text)}
+    named |= {f"{d}/{s}.py" for d, s in re.findall(r"python (studies|scripts)/(\w+)\.py", text)}
     assert named <= set(CLIS), f"README.md names command lines this test does not run: {sorted(named - set(CLIS))}"
 
 
@@ -103,6 +105,12 @@ for name, argv in {CLIS!r}.items():
     loaded = {line.split(" ", 2)[1]: line.split(" ", 2)[2] for line in done.stdout.splitlines()
               if line.startswith("LOADED ")}
     assert loaded == dict.fromkeys(CLIS, "[]"), loaded
+
+
+def test_mlflow_screenshots_refuses_a_missing_store_before_starting_anything(tmp_path: Path) -> None:
+    done = cli("scripts/mlflow_screenshots.py", "--store", tmp_path / "nowhere.db", "--out", tmp_path / "shots")
+    assert done.returncode == 2 and "--store" in done.stderr.strip().splitlines()[-1], done.stderr
+    assert not (tmp_path / "shots").exists()
 
 
 # ---------------------------------------------------------------- harness.prepare, harness.pretrain
@@ -137,7 +145,7 @@ def test_prepare_writes_token_shards_and_a_rerun_is_a_cache_hit(prepared: tuple)
     again = ok(cli("-m", "harness.prepare", "--source", manifest["source"], "--tokenizer", manifest["tokenizer"],
                    "--seq-len", "64", "--max-documents", "200", "--out", data_dir.parent))
     assert f"prepared data in {data_dir}" in again.stdout
-    assert "Started a local Ray instance" not in again.stdout + again.stderr  # the cache holds it: no Ray work
+    assert RAY_STARTED not in again.stdout + again.stderr  # the cache holds it: no Ray work
 
 
 def test_pretrain_runs_a_few_steps_on_the_prepared_data(out: Path, prepared: tuple) -> None:
@@ -152,6 +160,17 @@ def test_pretrain_runs_a_few_steps_on_the_prepared_data(out: Path, prepared: tup
     assert encoder == out / "runs" / "cli" / "encoder"
     assert (encoder / "config.json").is_file() and (encoder / "tokenizer.json").is_file()
     assert [p for p in (out / "data").iterdir() if p.is_dir()] == [data_dir]  # harness.prepare's shards, reused
+    # The console: one progress line per log step (once, not on two streams), Ray's chatter kept out, what's next.
+    console = done.stdout + done.stderr
+    for step in (2, 4):
+        assert len(re.findall(rf"step {step}/4 \({25 * step}%\) \| elapsed \d+:\d\d:\d\d, ETA ", console)) == 1, console
+    assert RAY_STARTED in done.stderr and "λ " in done.stderr
+    assert "Reporting training result" not in console and "Execution plan of Dataset" not in console
+    assert not re.search(r"^\S*\[[\d-]+ [\d:,]+ E \d+ \d+\]", console, re.M), console  # Ray core's E-level lines
+    assert len(console.splitlines()) < 40, console
+    assert f"python -m eval.run --encoder {encoder}" in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
+    assert re.search(rf"/#/experiments/\d+/runs/{summary['mlflow_run_id']}\?workflowType=machine_learning$",
+                     done.stdout, re.M), done.stdout
 
 
 def test_pretrain_print_config_prints_the_resolved_config_and_starts_nothing(tmp_path: Path) -> None:
@@ -163,7 +182,7 @@ def test_pretrain_print_config_prints_the_resolved_config_and_starts_nothing(tmp
     assert printed["optim"]["weight_decay"] == 0.01  # a default the file leaves out
     (tmp_path / "printed.yaml").write_text(done.stdout)
     assert load_config(tmp_path / "printed.yaml") == load_config(REPO / TINY, overrides)  # --config reads it back
-    assert not (tmp_path / "never").exists() and "Started a local Ray instance" not in done.stderr
+    assert not (tmp_path / "never").exists() and RAY_STARTED not in done.stderr
 
 
 def test_pretrain_print_config_with_a_bad_key_is_one_line_with_status_2(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_config
+from harness.console import RAY_STARTED
 
 CONFIGS = Path(__file__).resolve().parents[1] / "studies" / "configs"
 
@@ -144,4 +145,4 @@ def test_the_pretrain_cli_reports_bad_input_in_one_line_with_status_2(tmp_path: 
         assert done.returncode == 2, done.stderr[-2000:]
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr[-2000:]
-        assert "Traceback" not in done.stderr and "Started a local Ray instance" not in done.stderr
+        assert "Traceback" not in done.stderr and RAY_STARTED not in done.stderr

@@ -143,7 +143,11 @@ def test_arguments_checked(base) -> None:
             estimate_costs(base, **kwargs)
 
 
-def test_warn_if_costly_logs_the_warning(base, caplog: pytest.LogCaptureFixture) -> None:
+def test_warn_if_costly_logs_the_warning(base, caplog: pytest.LogCaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # caplog listens on the root logger; a CLI's harness.console.own_logging (run in this process by another
+    # test) stops the harness's loggers propagating to it.
+    monkeypatch.setattr(logging.getLogger("harness"), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="harness.costs"):
         estimate = warn_if_costly(base, step_s=0.098)
     assert [r.getMessage() for r in caplog.records] == [estimate.warning]

@@ -96,6 +96,14 @@ def test_report_from_child_runs_in_a_real_store(base, tmp_path: Path) -> None:
     assert "Hyperparameter importances need at least two finished trials" not in text
     assert (out / "plots" / "quick_probe.png").stat().st_size > 0
     assert (out / "plots" / "metric_vs_params.png").stat().st_size > 0
+    # report.html: the same report as one page, its plots inlined (MLflow's artifact view shows it alone)
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == text.count("![") >= 2 and "plots/" not in page
+    assert "<h2>Trials</h2>" in page and "<th>select/mean_score</th>" in page and "<pre>" in page
+    trials_md = text.split("## Trials")[1].split("\n\n")[1].splitlines()[0]  # the Trials table's header row
+    header = [c.strip() for c in trials_md.strip("|").split("|")]
+    assert header[:4] == ["label", "group", "outcome", "steps"] and header.index("select/mean_score") < header.index(
+        "lambda_init")  # the scores first, then the searched values under short names
     logged = tracking.read_run(uri, parent)
     assert logged["params"]["best.objective.lambda_init"] == "0.7" and logged["tags"]["best_trial"] == "b"
     assert logged["metrics"]["best/select/mean_score"] == pytest.approx(0.8)

@@ -1,0 +1,104 @@
+"""What a person sees on the console: the harness's own lines, Ray's start-up chatter turned down, and one
+progress line per log step.
+
+Ray prints every Ray process's INFO logs on the driver (the Train controller's resource requests, every
+`ray.train.report`, Ray Data's execution plans and progress tables), which buries the run's own lines. The
+harness runs Ray's loggers at WARNING (the driver's `ray` logger, Ray Train's through the trainer's
+`RunConfig(logging_config=...)`, Ray Data's through `RAY_DATA_LOG_LEVEL`) and gives its own loggers (`harness`,
+`eval`) a handler of their own, so that their INFO lines still show, once. Warnings and errors of Ray still show, except
+the lines in `KNOWN_NOISE`: messages that Ray logs on every run about its own internals (nothing the user did or
+can change). `RAY_DEDUP_LOGS_SKIP_REGEX`, if set, replaces that list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+OWN_LOGGERS = ("harness", "eval")
+KNOWN_NOISE = "|".join([
+    # Ray Data's and Ray Train's own actors (MapWorker, PreemptionWatcher) are created with their arguments in the
+    # object store; Ray core logs this at ERROR level on every run.
+    r"has constructor arguments in the object store and max_restarts",
+    # Ray Data's warning in every non-interactive process that streams a dataset.
+    r"Progress bars disabled\. To enable",
+])
+LOG_FORMAT = "%(message)s"
+RAY_STARTED = "Ray cluster at"  # the line init_ray logs
+
+
+def quiet_ray_log_forwarding() -> None:
+    """Skip `KNOWN_NOISE` when the driver prints the lines of Ray's processes, and keep Ray Data's INFO lines (execution
+    plans, progress tables) in its log files. Ray reads both at import; a local Ray's processes inherit them."""
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", KNOWN_NOISE)
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+
+
+def own_logging(stream: TextIO | None = None, fmt: str = LOG_FORMAT) -> None:
+    """The harness's and eval's loggers print their INFO lines (on `stream`, default stderr) whatever Ray does to the
+    root logger, each line once. The first call in a process sets the stream and format."""
+    for name in OWN_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        if not logger.handlers:
+            handler = logging.StreamHandler(stream or sys.stderr)
+            handler.setFormatter(logging.Formatter(fmt))
+            logger.addHandler(handler)
+
+
+def quiet_libraries() -> None:
+    """In the driver and in a Train worker: no per-file progress bars when transformers writes a model, no MLflow
+    schema chatter, and Ray Train's per-report INFO line (its logger is named by file path, so Ray Train's own
+    `LoggingConfig` level misses it) kept out of the console."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    for name in list(logging.root.manager.loggerDict):
+        if "/ray/train/" in name.replace("\\", "/"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def init_ray() -> None:
+    """Start a local Ray (or connect to `RAY_ADDRESS`, e.g. inside `ray job submit`) with Ray's own Python loggers
+    at WARNING in every process of the job."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Not ray.init(logging_config=...): with a job-wide logging config Ray drops the "(RayTrainWorker pid=...)" prefix
+    # of forwarded lines. Ray Train's level is set by the trainer's RunConfig, Ray Data's by RAY_DATA_LOG_LEVEL.
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    context = ray.init()
+    own_logging()
+    dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
+    logging.getLogger(__name__).info("%s %s%s", RAY_STARTED, context.address_info["gcs_address"], dashboard)
+
+
+def clock(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def progress_line(step: int, total: int, elapsed_s: float, steps_this_run: int, metrics: dict[str, float]) -> str:
+    """One line per log step: where the run is, how long it has taken and will take, and what it is learning.
+
+    `elapsed_s` and `steps_this_run` count from this process's first step (a resumed run's ETA uses its own rate)."""
+    remaining = (total - step) * elapsed_s / max(steps_this_run, 1)
+    parts = [f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)",
+             f"elapsed {clock(elapsed_s)}, ETA {clock(remaining)}",
+             f"loss {metrics.get('train/loss', float('nan')):.4f}"]
+    terms = [f"{name} {metrics[key]:.4f}" for name, key in (("jepa", "train/loss_jepa"), ("mlm", "train/loss_mlm"))
+             if key in metrics]
+    if terms:
+        parts[-1] += f" ({', '.join(terms)})"
+    if "train/lambda" in metrics and "train/loss_jepa" in metrics and "train/loss_mlm" in metrics:
+        parts.append(f"λ {metrics['train/lambda']:.3f}")
+    parts.append(f"{metrics['perf/tokens_per_s']:.0f} tok/s, MFU {metrics['perf/mfu']:.2f}, "
+                 f"data-wait {100 * metrics['perf/data_wait']:.1f}%")
+    return " | ".join(parts)
