@@ -7,6 +7,7 @@ at the last step only) through the real study engine, and reads from each trial'
   perf/trial_wall_s        the trial function from start to its final report (incl. the full evaluation)
   perf/trial_train_wall_s  the same up to the end of pre-training (TorchTrainer start-up, data, export)
   perf/train_time_s        the sum of the step times (forward, backward, optimiser, data waits)
+  perf/worker_setup_s      the worker's start to its first step (build the model, read the held-out batches)
   perf/eval_<protocol>_wall_s  the full evaluation under each protocol (--protocols harness reference)
 Overhead is reported against both walls; medians over trials.
 """
@@ -53,7 +54,8 @@ def main() -> None:
         print(f"trial wall {wall:.1f} s, pre-training wall {train_wall:.1f} s, sum of steps {steps:.1f} s: "
               f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training; last log interval: "
               f"data-wait {m['perf/data_wait']:.2%}, MFU {m['perf/mfu']:.2f}, {m['perf/tokens_per_s']:.0f} tokens/s; "
-              f"evaluation: {evals}", flush=True)
+              f"evaluation: {evals}; worker set-up (build, held-out batches) {m['perf/worker_setup_s']:.1f} s",
+              flush=True)
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median over {len(rows)} trials: trial wall {med[0]:.1f} s, pre-training wall {med[1]:.1f} s, "
           f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only)")

@@ -68,7 +68,7 @@ def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: 
             logging_config=LoggingConfig(log_level="WARNING"),  # Ray Train's own INFO lines: in its log files
         ),
         datasets=datasets,
-        # Only the train split is sharded; rank 0 reads the held-out split whole. A fixed block order
+        # The train stream is sharded (rank 0 reads the held-out batches itself, stream.held_out). A fixed block order
         # makes a single worker's data order, and so a resumed run, reproducible.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options=ray.data.ExecutionOptions(preserve_order=True)),

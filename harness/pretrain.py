@@ -60,7 +60,15 @@ from harness.step import (
     train_step,
     worker_threads,
 )
-from harness.stream import MaskingStage, derived_seed, device_batches, epochs_needed, masked_datasets
+from harness.stream import (
+    MaskingStage,
+    derived_seed,
+    device_batches,
+    epochs_needed,
+    held_out,
+    masked_datasets,
+    to_device,
+)
 from models import export_encoder, momentum_at
 from objectives import PretrainModule, mask_plan, train_flops_per_step
 from objectives.masking import MaskedBatch, SpecialTokens
@@ -192,10 +200,10 @@ class IntervalTimer:
         }
 
 
-def held_out_batches(shard, cfg: Config, device: torch.device) -> list[MaskedBatch]:
-    """The first `train.eval_batches` held-out batches (masked once, with fixed seeds, by the stream), kept on
-    the device: every validation scores the same tokens and masks, and reads the data only once."""
-    batches = [batch for batch, _ in itertools.islice(device_batches(shard, device), cfg.train.eval_batches)]
+def held_out_batches(prepared_dir: str, stage: MaskingStage, cfg: Config, device: torch.device) -> list[MaskedBatch]:
+    """The first `train.eval_batches` held-out batches (masked once, with fixed seeds, as the stream masks), kept
+    on the device: every validation scores the same tokens and masks, and reads the data only once."""
+    batches = [to_device(batch, device) for batch in held_out(prepared_dir, stage, cfg.train.eval_batches)]
     if not batches:
         raise RuntimeError(f"the validation split has fewer than optim.batch_size={cfg.optim.batch_size} rows: "
                            "raise data.val_fraction or data.max_documents")
@@ -284,6 +292,7 @@ def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, expor
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    entered = time.perf_counter()
     own_logging()  # a worker process: its progress lines reach the driver's console
     quiet_libraries()
     cfg = config_from_dict(loop["config"])
@@ -291,7 +300,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     o, t = cfg.optim, cfg.train
     val_batches = None
     if w.rank == 0 and t.eval_every:
-        val_batches = held_out_batches(ray.train.get_dataset_shard("val"), cfg, w.device)
+        val_batches = held_out_batches(*loop["held_out"], cfg, w.device)
     quick_tasks = loop.get("quick_probe") if w.rank == 0 else None
     step_hook: Callable[[int, int, int], None] | None = loop.get("step_hook")  # tests inject faults here
     tokens_per_step, flops_per_step = o.batch_size * cfg.data.seq_len, train_flops_per_step(cfg)
@@ -304,6 +313,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                               None)
 
     started, first_step = time.perf_counter(), w.progress.step  # for the progress line's elapsed time and ETA
+    setup_s = started - entered  # build or restore, the held-out batches, the stream's iterator
     for batch, epoch in timer.timed(stream):
         p = w.progress
         if step_hook is not None:
@@ -327,7 +337,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 logger.info("[%s] MFU = model FLOP/s / %.1f GFLOP/s (%s)", loop["name"], peak[0] / 1e9, peak[1])
         report = {**meter.read("train/"), **timer.read(w.world, tokens_per_step, flops_per_step, peak[0]),
                   "step": p.step, "epoch": p.epoch, "train/lr": w.scheduler.get_last_lr()[0],
-                  "train/ema_momentum": momentum}
+                  "train/ema_momentum": momentum, "perf/worker_setup_s": setup_s}
         bad_step = meter.diverged_at()
         if bad_step is not None:
             ray.train.report({**report, "diverged": 1.0, "diverged_at_step": bad_step})
@@ -393,10 +403,13 @@ def prepare_run(cfg: Config) -> PreparedRun:
     return PreparedRun(dataclasses.replace(cfg, data=data_cfg), data_dir, tokenizer, uri)
 
 
-def masked_stream(cfg: Config, prepared: PreparedRun) -> dict[str, ray.data.Dataset]:
-    """The Train datasets: the prepared splits with the masks of `cfg`'s objective drawn by Ray Data."""
-    stage = MaskingStage(cfg.masking, mask_plan(cfg), SpecialTokens.from_tokenizer(prepared.tokenizer),
-                         cfg.optim.batch_size, cfg.seed)
+def masking_stage(cfg: Config, prepared: PreparedRun) -> MaskingStage:
+    return MaskingStage(cfg.masking, mask_plan(cfg), SpecialTokens.from_tokenizer(prepared.tokenizer),
+                        cfg.optim.batch_size, cfg.seed)
+
+
+def masked_stream(cfg: Config, prepared: PreparedRun, stage: MaskingStage) -> dict[str, ray.data.Dataset]:
+    """The Train dataset: the prepared train split with the masks of `cfg`'s objective drawn by Ray Data."""
     sequences = read_manifest(prepared.data_dir)["counts"]["train"]["sequences"]
     epochs = epochs_needed(cfg.optim.max_steps, cfg.optim.batch_size, cfg.train.num_workers, sequences)
     return masked_datasets(read_prepared(prepared.data_dir), stage, epochs)
@@ -415,9 +428,11 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
         raise ValueError("the data section of a trial must equal the prepared one; prepare the data per config")
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook, "name": name}
+    stage = masking_stage(cfg, prepared)
+    loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook, "name": name,
+                   "held_out": (str(prepared.data_dir), stage)}
     uri = prepared.tracking_uri
-    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, masked_stream(cfg, prepared), name,
+    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, masked_stream(cfg, prepared, stage), name,
                             storage, [tracking.ReportToMLflow(uri, run.run_id), *callbacks])
     result = trainer.fit()
     # Every report reached MLflow through the callback; Ray's result only keeps the metrics that

@@ -18,6 +18,7 @@ import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,16 +128,37 @@ def epochs_needed(max_steps: int, batch_size: int, workers: int, train_sequences
 
 def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, epochs: int
                     ) -> dict[str, ray.data.Dataset]:
-    """{"train": `epochs` passes over the train split, masked; "val": the held-out split, masked once}."""
+    """{"train": `epochs` passes over the train split, masked}. The held-out batches do not stream: `held_out`."""
     chunk = stage.batch_size * SHUFFLE_BATCHES
+    train = [prepared["train"].map_batches(mask_rows, batch_size=chunk, batch_format="numpy",
+                                           fn_kwargs={"stage": stage, "epoch": epoch}) for epoch in range(epochs)]
+    return {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
 
-    def masked(dataset: ray.data.Dataset, epoch: int) -> ray.data.Dataset:
-        return dataset.map_batches(mask_rows, batch_size=chunk, batch_format="numpy",
-                                   fn_kwargs={"stage": stage, "epoch": epoch})
 
-    train = [masked(prepared["train"], epoch) for epoch in range(epochs)]
-    return {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0],
-            "val": masked(prepared["val"], VAL_EPOCH)}
+def held_out(prepared_dir: str | Path, stage: MaskingStage, batches: int) -> list[MaskedBatch]:
+    """The first `batches` batches of the held-out split (its files in name order), masked by `mask_rows` as if
+    drawn in an epoch of their own (VAL_EPOCH): the same tokens and masks whenever and wherever they are read.
+
+    Read with pyarrow in the calling process: a few batches do not need a Ray Data pipeline, whose start-up
+    (an executor, file listing, a read and a map task) took seconds of every run's start."""
+    import pyarrow.parquet as pq
+
+    chunk = stage.batch_size * SHUFFLE_BATCHES
+    needed = math.ceil(batches / SHUFFLE_BATCHES) * chunk
+    parts, count = [], 0
+    for path in sorted((Path(prepared_dir) / "val").glob("*.parquet")):
+        if count >= needed:
+            break
+        column = pq.read_table(path, columns=["input_ids"]).column("input_ids").to_numpy(zero_copy_only=False)
+        parts.append(column)
+        count += len(column)
+    ids = np.concatenate(parts)[:needed] if parts else np.empty(0, dtype=object)
+    out: list[MaskedBatch] = []
+    for start in range(0, len(ids), chunk):
+        rows = mask_rows({"input_ids": ids[start: start + chunk]}, stage, VAL_EPOCH)
+        for i in range(len(rows.get("epoch", []))):
+            out.append(unpack({k: torch.from_numpy(np.asarray(v[i: i + 1])) for k, v in rows.items()})[0])
+    return out[:batches]
 
 
 def device_batches(shard: ray.data.DataIterator, device: torch.device, prefetch_batches: int = 2

@@ -9,7 +9,19 @@ import pytest
 import torch
 
 from harness.config import load_config
-from harness.stream import MaskingStage, content_key, derived_seed, device_batches, mask_rows, masked_datasets, unpack
+from harness.stream import (
+    SHUFFLE_BATCHES,
+    VAL_EPOCH,
+    MaskingStage,
+    content_key,
+    derived_seed,
+    device_batches,
+    held_out,
+    mask_rows,
+    masked_datasets,
+    to_device,
+    unpack,
+)
 from objectives import mask_plan
 from objectives.masking import MaskedBatch, SpecialTokens, mask_batch
 
@@ -72,14 +84,37 @@ def test_device_batches_cross_once_from_cpu_to_the_device(ray_session, packed_id
     stage = stage_for(tokenizer)
     ids = packed_ids(4 * BATCH, 64).numpy().astype(np.int32)
     rows = ray.data.from_items([{"input_ids": r} for r in ids])
-    datasets = masked_datasets({"train": rows, "val": rows}, stage, epochs=2)
+    datasets = masked_datasets({"train": rows}, stage, epochs=2)
     datasets["train"].context.execution_options.preserve_order = True
     on_cpu = list(device_batches(datasets["train"].iterator(), torch.device("cpu")))
     assert [e for _, e in on_cpu] == [0] * 4 + [1] * 4
     direct = rows_of(mask_rows({"input_ids": ids}, stage, 0))
     for got, expected in zip([b for b, _ in on_cpu[:4]], direct, strict=True):
         assert_same(got, expected)
-    for batch, _ in device_batches(datasets["val"].iterator(), torch.device("meta")):
-        tensors = [getattr(batch, f.name) for f in fields(MaskedBatch)]
-        assert all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor))
-        assert batch.ctx_idx.shape[0] == BATCH and batch.stats["ctx_tgt_overlap"] == 0
+
+
+def test_held_out_batches_are_the_first_rows_masked_as_their_own_epoch(packed_ids, tokenizer, tmp_path: Path) -> None:
+    """Read from the prepared val files with pyarrow (no Ray Data): the files in name order, the first
+    `batches` batches, each equal to the stream's masking of those rows in epoch VAL_EPOCH; the same on every read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stage = stage_for(tokenizer)
+    ids = packed_ids((SHUFFLE_BATCHES + 3) * BATCH, 64).numpy().astype(np.int32)
+    (tmp_path / "val").mkdir()
+    half = SHUFFLE_BATCHES * BATCH - 5  # the first chunk spans both files
+    for name, part in (("b.parquet", ids[half:]), ("a.parquet", ids[:half])):
+        pq.write_table(pa.table({"input_ids": [list(r) for r in part]}), tmp_path / "val" / name)
+    got = held_out(tmp_path, stage, SHUFFLE_BATCHES + 2)
+    expected = rows_of(mask_rows({"input_ids": ids[: SHUFFLE_BATCHES * BATCH]}, stage, VAL_EPOCH)) + rows_of(
+        mask_rows({"input_ids": ids[SHUFFLE_BATCHES * BATCH:]}, stage, VAL_EPOCH))
+    assert len(got) == SHUFFLE_BATCHES + 2
+    for a, b in zip(got, expected, strict=False):
+        assert_same(a, b)
+    for a, b in zip(got, held_out(tmp_path, stage, SHUFFLE_BATCHES + 2), strict=True):
+        assert_same(a, b)
+    assert len(held_out(tmp_path, stage, 100)) == SHUFFLE_BATCHES + 3  # all there are
+    batch = to_device(got[0], torch.device("meta"))
+    tensors = [getattr(batch, f.name) for f in fields(MaskedBatch)]
+    assert all(t.device.type == "meta" for t in tensors if isinstance(t, torch.Tensor))
+    assert batch.ctx_idx.shape[0] == BATCH and batch.stats["ctx_tgt_overlap"] == 0
