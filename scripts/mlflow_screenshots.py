@@ -50,7 +50,7 @@ def artifact_paths(base: str, run_id: str, path: str = "") -> list[str]:
 
 
 def shoot(chromium: str, url: str, png: Path, size: str) -> None:
-    with tempfile.TemporaryDirectory() as profile:  # a fresh profile: no state from another session
+    with tempfile.TemporaryDirectory() as profile:  # a fresh profile: nothing remembered from an earlier look
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--user-data-dir={profile}", f"--window-size={size}", "--virtual-time-budget=15000",
                         f"--screenshot={png}", url], check=True, capture_output=True, timeout=120)
