@@ -30,8 +30,9 @@ RAY_STARTED = "Ray cluster at"  # the line init_ray logs
 
 
 def quiet_ray_log_forwarding() -> None:
-    """Skip `KNOWN_NOISE` when the driver prints the lines of Ray's processes, and keep Ray Data's INFO lines (execution
-    plans, progress tables) in its log files. Ray reads both at import; a local Ray's processes inherit them."""
+    """Skip `KNOWN_NOISE` when the driver prints the lines of Ray's processes, and set Ray Data's loggers to WARNING
+    (no execution plans or progress tables; `RAY_DATA_LOG_LEVEL=INFO` brings them back). Ray reads both at import;
+    a local Ray's processes inherit them."""
     os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", KNOWN_NOISE)
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
@@ -63,8 +64,8 @@ def quiet_libraries() -> None:
 
 
 def init_ray() -> None:
-    """Start a local Ray (or connect to `RAY_ADDRESS`, e.g. inside `ray job submit`) with Ray's own Python loggers
-    at WARNING in every process of the job."""
+    """Start a local Ray (or connect to `RAY_ADDRESS`, e.g. inside `ray job submit`), the driver's `ray` logger at
+    WARNING, and log where it is."""
     import ray
 
     if ray.is_initialized():
