@@ -53,7 +53,7 @@ def prepare_rate(data_cfg, cache: Path) -> float:
 def delivery_rate(prepared: Path, cfg, specials: SpecialTokens, batches: int) -> float:
     """Tokens/s of masked batches as a worker's loop receives them (harness.stream.device_batches on the CPU)."""
     stage = MaskingStage(cfg.masking, mask_plan(cfg), specials, cfg.optim.batch_size, cfg.seed)
-    train = masked_datasets(read_prepared(prepared), stage, epochs=1)["train"]
+    train = masked_datasets(read_prepared(prepared, ["train"]), stage, epochs=1)["train"]
     iterator = device_batches(train.iterator(), torch.device("cpu"))
     next(iterator)  # the read has started
     start, tokens = time.perf_counter(), 0

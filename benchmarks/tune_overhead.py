@@ -8,6 +8,7 @@ at the last step only) through the real study engine, and reads from each trial'
   perf/trial_train_wall_s  the same up to the end of pre-training (TorchTrainer start-up, data, export)
   perf/train_time_s        the sum of the step times (forward, backward, optimiser, data waits)
   perf/worker_setup_s      the worker's start to its first step (build the model, read the held-out batches)
+  and the other phases of a trial (breakdown below), whose medians it prints as a table
   perf/eval_<protocol>_wall_s  the full evaluation under each protocol (--protocols harness reference)
 Overhead is reported against both walls; medians over trials.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 
 from harness import tracking
 from harness.config import load_config
@@ -44,8 +46,10 @@ def main() -> None:
     # listing on a 2-CPU machine; 1.0 would leave 0.99 and the read would wait forever.
     grid = [TrialSpec(f"seed{s}", {"seed": s}) for s in range(args.trials)]
     with open_study(cfg, grid=grid, protocols=args.protocols) as study:
+        started = time.perf_counter()
         result = study.run()
-    rows = []
+        study_wall = time.perf_counter() - started
+    rows, phases = [], []
     for run_id in result.table["run_id"]:
         m = tracking.read_run(result.tracking_uri, run_id)["metrics"]
         wall, train_wall, steps = m["perf/trial_wall_s"], m["perf/trial_train_wall_s"], m["perf/train_time_s"]
@@ -54,12 +58,40 @@ def main() -> None:
         print(f"trial wall {wall:.1f} s, pre-training wall {train_wall:.1f} s, sum of steps {steps:.1f} s: "
               f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training; last log interval: "
               f"data-wait {m['perf/data_wait']:.2%}, MFU {m['perf/mfu']:.2f}, {m['perf/tokens_per_s']:.0f} tokens/s; "
-              f"evaluation: {evals}; worker set-up (build, held-out batches) {m['perf/worker_setup_s']:.1f} s",
-              flush=True)
+              f"evaluation: {evals}", flush=True)
+        phases.append(breakdown(m))
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median over {len(rows)} trials: trial wall {med[0]:.1f} s, pre-training wall {med[1]:.1f} s, "
           f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only)")
+    print("where a trial's time goes (median s):")
+    for phase in phases[0]:
+        print(f"  {phase:<66} {statistics.median(p[phase] for p in phases):7.1f}")
+    # Tune's own cost per trial, outside the trial function: its actor's start (imports) and teardown.
+    print(f"  {'outside the trial function (study wall / trials - trial wall)':<66} "
+          f"{study_wall / len(rows) - med[0]:7.1f}")
 
+
+def breakdown(m: dict[str, float]) -> dict[str, float]:
+    """A trial's wall time in phases, from its perf/* metrics; they add up to perf/trial_wall_s."""
+    in_fit = ("perf/worker_start_s", "perf/worker_setup_s", "perf/train_time_s", "perf/peak_s", "perf/validate_s",
+              "perf/report_s")
+    return {
+        "trial set-up (MLflow run, params)": m["perf/trial_setup_s"],
+        "stream's plan, before fit()": m["perf/trial_train_wall_s"] - m["perf/trial_setup_s"] - m["perf/fit_wall_s"]
+        - m["perf/export_s"],
+        "fit() to the workers' loop (controller, workers, process group)": m["perf/worker_start_s"],
+        "worker set-up (model, held-out batches)": m["perf/worker_setup_s"],
+        "the stream's first batch (Ray Data's start)": m["perf/first_batch_s"],
+        "steps (incl. later data waits)": m["perf/train_time_s"] - m["perf/first_batch_s"],
+        "matmul peak measurement": m["perf/peak_s"],
+        "validation and quick probe": m["perf/validate_s"],
+        "reports and checkpoints before the last": m["perf/report_s"],
+        "last checkpoint, fit() returns": m["perf/fit_wall_s"] - sum(m[k] for k in in_fit),
+        "export (copy, tokenizer, MLflow artifact)": m["perf/export_s"],
+        "evaluation task": m["perf/eval_task_s"],
+        "  of which the suite": sum(v for k, v in m.items() if k.startswith("perf/eval_") and k.endswith("_wall_s")),
+        "logging the evaluation": m["perf/trial_log_s"],
+    }
 
 if __name__ == "__main__":
     main()

@@ -16,10 +16,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -34,6 +37,8 @@ def load_encoder(
     The tokenizer comes from `tokenizer` when given, else from the encoder directory itself.
     Only local files are read: nothing is downloaded.
     """
+    from transformers import AutoModel, AutoTokenizer  # seconds to import: only where an encoder is loaded
+
     path, tok_path = check_encoder(path, tokenizer)
     model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     model.eval().requires_grad_(False)

@@ -1,5 +1,7 @@
 """The harness: config, data preparation, the Ray Train run, the Tune study, tracking."""
 
-from harness.console import quiet_ray_log_forwarding
+from harness.console import local_ray_environment, quiet_ray_log_forwarding
 
-quiet_ray_log_forwarding()  # before anything imports Ray, which reads it at import
+# Before anything imports Ray, which reads both at import.
+quiet_ray_log_forwarding()
+local_ray_environment()

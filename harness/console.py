@@ -27,6 +27,7 @@ KNOWN_NOISE = "|".join([
 ])
 LOG_FORMAT = "%(message)s"
 RAY_STARTED = "Ray cluster at"  # the line init_ray logs
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray's node address is 127.0.0.1
 
 
 def quiet_ray_log_forwarding() -> None:
@@ -35,6 +36,24 @@ def quiet_ray_log_forwarding() -> None:
     a local Ray's processes inherit them."""
     os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", KNOWN_NOISE)
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+
+
+def local_ray_environment() -> None:
+    """How a local Ray that the harness starts behaves (where `RAY_ADDRESS` is unset or `local`; its processes
+    inherit the driver's environment): it listens on 127.0.0.1 only, and reads parquet footers with one actor.
+
+    Loopback: Ray 2.60 binds its servers (GCS, raylet, dashboard, agents, workers) to loopback when the node's address
+    is 127.0.0.1, but `ray.init()` replaces 127.0.0.1 by the machine's address, except where Ray disables multi-node
+    clusters (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on macOS and Windows); Ray reads it at import. Set
+    the variable to 1 for a local Ray that other machines can reach. The Train workers' process group follows
+    (harness.loopback). A driver that joins a cluster (`ray job submit`, a cluster's head) takes its node's address
+    from the cluster, and its cluster's settings.
+
+    Footers: Ray Data lists a parquet directory with `RAY_DATA_PARQUET_FOOTER_NUM_ACTORS` actors (32 by default, each
+    a process): on one machine they cost more to start than the few prepared shards take to read."""
+    if os.environ.get("RAY_ADDRESS", "") in ("", "local"):
+        os.environ.setdefault(LOOPBACK_SWITCH, "0")
+        os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 
 
 def own_logging(stream: TextIO | None = None, fmt: str = LOG_FORMAT) -> None:
@@ -74,7 +93,11 @@ def init_ray() -> None:
     # of forwarded lines. Ray Train's level is set by the trainer's RunConfig, Ray Data's by RAY_DATA_LOG_LEVEL.
     logging.getLogger("ray").setLevel(logging.WARNING)
     context = ray.init()
-    own_logging()
+    node = context.address_info["node_ip_address"]
+    if os.environ.get(LOOPBACK_SWITCH) == "0" and not node.startswith("127."):
+        logging.getLogger(__name__).warning(
+            "Ray's node address is %s, so its ports are reachable from the network: a cluster started by `ray start`,"
+            " or Ray imported before the harness (import harness first for a local Ray on 127.0.0.1)", node)
     dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
     logging.getLogger(__name__).info("%s %s%s", RAY_STARTED, context.address_info["gcs_address"], dashboard)
 

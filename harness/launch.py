@@ -5,6 +5,8 @@ On a 2-CPU machine keep workers fractional (e.g. 2 x 0.5) so Ray Data's readers 
 scheduled; a pipeline that cannot get a CPU hangs. On GPU nodes give each worker its GPU and one or
 two CPUs, and leave the node's other CPUs to Ray Data.
 
+On a local cluster (node address 127.0.0.1) the workers' process group stays on loopback (harness.loopback).
+
 ASHA never stops a trial at its last step (LastStepASHA): a trial that trained all its steps is always evaluated.
 Tune's console table shows each trial's step, λ, quick score and training loss (progress_reporter).
 """
@@ -24,10 +26,12 @@ from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 from ray.tune import CLIReporter
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import Config, ConfigError, TrainConfig
+from harness.loopback import LoopbackTorchConfig
 
 QUICK_METRIC = "select/quick_score"  # held-out TRAIN, reported at every eval step; what ASHA stops on
 LAST_STEP = "last_step"  # 1.0 in a trial's reports of its last step (and its final report): ASHA never stops there
@@ -56,6 +60,7 @@ def build_trainer(cfg: Config, train_loop: Callable[[dict], None], loop_config: 
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
+        torch_config=LoopbackTorchConfig(),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                                      placement_strategy=t.placement_strategy),
         run_config=RunConfig(
@@ -80,7 +85,7 @@ def build_collective_trainer(loop: Callable[[dict], None], loop_config: dict[str
     """A bare TorchTrainer for a check of the workers' collectives (cluster/nccl_check.py): no data, no checkpoints,
     the workers placed as a run of `num_workers` is (train.placement's default)."""
     placement = TrainConfig(num_workers=num_workers, use_gpu=use_gpu).placement_strategy
-    return TorchTrainer(loop, train_loop_config=loop_config,
+    return TorchTrainer(loop, train_loop_config=loop_config, torch_config=LoopbackTorchConfig(),
                         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                      placement_strategy=placement),
                         run_config=RunConfig(name=name, storage_path=storage_path))
@@ -104,6 +109,22 @@ class LastStepASHA(AsyncHyperBandScheduler):
         if result.get(LAST_STEP):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+
+class ForwardEvalReports(TuneReportCallback):
+    """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric), the last step's
+    marked as such (ASHA never stops a trial there); every report reaches MLflow anyway (tracking.ReportToMLflow).
+    A trial's Train callback, kept here rather than in harness.trial: Ray Train's controller process unpickles it,
+    and this module imports far less."""
+
+    def __init__(self, max_steps: int) -> None:
+        super().__init__()
+        self.max_steps = max_steps
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        if QUICK_METRIC in metrics[0]:
+            super().after_report(run_context, [mark_last_step(metrics[0], self.max_steps)], checkpoint)
 
 
 class FinalResultOptunaSearch(OptunaSearch):

@@ -364,13 +364,13 @@ def read_manifest(prepared_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def read_prepared(prepared_dir: Path) -> dict[str, ray.data.Dataset]:
-    """The prepared "train" and "val" datasets: one column input_ids (see the module doc on row order)."""
+def read_prepared(prepared_dir: Path, splits: Sequence[str] = SPLITS) -> dict[str, ray.data.Dataset]:
+    """The prepared datasets of `splits` ("train", "val"): one column input_ids (see the module doc on row order).
+    Ask only for the splits you stream: Ray Data lists each one's files when it is read (a task and an actor)."""
     import ray.data
 
     read_manifest(prepared_dir)
-    return {split: ray.data.read_parquet(str(Path(prepared_dir) / split), partitioning=None)
-            for split in SPLITS}
+    return {split: ray.data.read_parquet(str(Path(prepared_dir) / split), partitioning=None) for split in splits}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -170,23 +170,34 @@ class IntervalTimer:
 
     def __init__(self) -> None:
         self.train_time = 0.0  # steps and data waits of this run so far (no eval, no I/O)
+        self.first_batch: float | None = None  # the wait for the stream's first batch (the pipeline's start)
         self.restart()
 
     def restart(self) -> None:
         self.start, self.cpu_start, self.data_time, self.steps = time.perf_counter(), time.process_time(), 0.0, 0
+        self.end: float | None = None
+
+    def stop(self) -> None:
+        """End the interval here: what runs before `read` (the peak's measurement) is not step time."""
+        self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     def timed(self, batches: Iterator[tuple[MaskedBatch, int]]) -> Iterator[tuple[MaskedBatch, int]]:
         while True:
             fetch_start = time.perf_counter()
             item = next(batches, None)
-            self.data_time += time.perf_counter() - fetch_start
+            waited = time.perf_counter() - fetch_start
+            self.data_time += waited
+            if self.first_batch is None:
+                self.first_batch = waited
             if item is None:
                 return
             yield item
             self.steps += 1
 
     def read(self, world: int, tokens_per_step: int, flops_per_step: float, peak: float) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.start
+        if self.end is None:
+            self.stop()
+        elapsed = self.end - self.start
         self.train_time += elapsed
         step_time = elapsed / max(self.steps, 1)
         return {
@@ -195,8 +206,9 @@ class IntervalTimer:
             "perf/mfu": flops_per_step / step_time / peak,
             "perf/data_wait": self.data_time / max(elapsed, 1e-9),
             "perf/step_time_s": step_time,
-            "perf/process_cpu_s_per_step": (time.process_time() - self.cpu_start) / max(self.steps, 1),
+            "perf/process_cpu_s_per_step": (self.cpu_end - self.cpu_start) / max(self.steps, 1),
             "perf/train_time_s": self.train_time,
+            "perf/first_batch_s": self.first_batch or 0.0,  # part of train_time_s
         }
 
 
@@ -293,6 +305,11 @@ def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, expor
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     entered = time.perf_counter()
+    # Where a run's time goes besides its steps (seconds, summed over the run so far; BENCHMARKS.md "Tune overhead").
+    # worker_start_s: the driver's fit() to this loop (wall clocks: across machines, as good as their sync; after a
+    # worker failure it includes the failed attempt).
+    phases = {"perf/worker_start_s": time.time() - loop["fit_called_at"], "perf/peak_s": 0.0, "perf/validate_s": 0.0,
+              "perf/report_s": 0.0}
     own_logging()  # a worker process: its progress lines reach the driver's console
     quiet_libraries()
     cfg = config_from_dict(loop["config"])
@@ -313,7 +330,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                               None)
 
     started, first_step = time.perf_counter(), w.progress.step  # for the progress line's elapsed time and ETA
-    setup_s = started - entered  # build or restore, the held-out batches, the stream's iterator
+    phases["perf/worker_setup_s"] = started - entered  # build or restore, the held-out batches, the stream's iterator
     for batch, epoch in timer.timed(stream):
         p = w.progress
         if step_hook is not None:
@@ -331,23 +348,31 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         eval_now = val_batches is not None and (last or p.step % t.eval_every == 0)
         if not (log_now or ckpt_now or eval_now):
             continue
+        timer.stop()
         if peak is None:
+            measured = time.perf_counter()
             peak = peak_flops(t.peak_flops, w.device, ffn_gemm_shape(cfg))
+            phases["perf/peak_s"] = time.perf_counter() - measured
             if w.rank == 0:
                 logger.info("[%s] MFU = model FLOP/s / %.1f GFLOP/s (%s)", loop["name"], peak[0] / 1e9, peak[1])
         report = {**meter.read("train/"), **timer.read(w.world, tokens_per_step, flops_per_step, peak[0]),
                   "step": p.step, "epoch": p.epoch, "train/lr": w.scheduler.get_last_lr()[0],
-                  "train/ema_momentum": momentum, "perf/worker_setup_s": setup_s}
+                  "train/ema_momentum": momentum, **phases}
         bad_step = meter.diverged_at()
         if bad_step is not None:
             ray.train.report({**report, "diverged": 1.0, "diverged_at_step": bad_step})
             logger.error("rank %d: diverged at step %d: the loss is not finite; stopping", w.rank, bad_step)
             return
         if eval_now:
+            validated = time.perf_counter()
             report.update(validate(w.module, val_batches, w.device))
             if quick_tasks:
                 report.update(quick_probe(w.module.nets.encoder, quick_tasks, w.device))
+            phases["perf/validate_s"] += time.perf_counter() - validated
+            report["perf/validate_s"] = phases["perf/validate_s"]
+        reported = time.perf_counter()
         report_and_checkpoint(w, report, save=bool(ckpt_now), export=last)
+        phases["perf/report_s"] += time.perf_counter() - reported
         if w.rank == 0 and log_now:
             logger.info("[%s] %s", loop["name"], progress_line(p.step, o.max_steps, time.perf_counter() - started,
                                                               p.step - first_step, report))
@@ -412,7 +437,8 @@ def masked_stream(cfg: Config, prepared: PreparedRun, stage: MaskingStage) -> di
     """The Train dataset: the prepared train split with the masks of `cfg`'s objective drawn by Ray Data."""
     sequences = read_manifest(prepared.data_dir)["counts"]["train"]["sequences"]
     epochs = epochs_needed(cfg.optim.max_steps, cfg.optim.batch_size, cfg.train.num_workers, sequences)
-    return masked_datasets(read_prepared(prepared.data_dir), stage, epochs)
+    return masked_datasets(read_prepared(prepared.data_dir, ["train"]), stage, epochs,
+                           batches=cfg.optim.max_steps * cfg.train.num_workers)
 
 
 def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
@@ -432,9 +458,12 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook, "name": name,
                    "held_out": (str(prepared.data_dir), stage)}
     uri = prepared.tracking_uri
-    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, masked_stream(cfg, prepared, stage), name,
-                            storage, [tracking.ReportToMLflow(uri, run.run_id), *callbacks])
+    datasets = masked_stream(cfg, prepared, stage)
+    loop_config["fit_called_at"] = time.time()
+    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, datasets, name, storage,
+                            [tracking.ReportToMLflow(uri, run.run_id), *callbacks])
     result = trainer.fit()
+    fit_wall_s = time.time() - loop_config["fit_called_at"]
     # Every report reached MLflow through the callback; Ray's result only keeps the metrics that
     # came with a checkpoint, and a diverged run ends without one.
     metrics = tracking.read_run(uri, run.run_id)["metrics"]
@@ -444,11 +473,13 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
         note = f"diverged at step {int(metrics['diverged_at_step'])}: the loss became NaN/inf"
         run.set_outcome("diverged", note)
         return {**summary, "outcome": "diverged", "note": note}
+    exported = time.time()
     encoder = run_dir / ENCODER_DIR  # HF format with its tokenizer: what eval.run reads
     with result.checkpoint.as_directory() as checkpoint_dir:
         shutil.copytree(Path(checkpoint_dir) / ENCODER_DIR, encoder, dirs_exist_ok=True)
     prepared.tokenizer.save_pretrained(encoder)
     tracking.log_artifact(encoder, ENCODER_DIR)
+    tracking.log_metrics({"perf/fit_wall_s": fit_wall_s, "perf/export_s": time.time() - exported})
     run.set_outcome("finished", f"{metrics.get('step')} steps")
     keys = ("train/loss", "train/loss_mlm", "train/loss_jepa", "train/lambda", "val/loss_mlm",
             "val/mlm_acc", "val/loss_jepa", "perf/tokens_per_s", "perf/mfu", "perf/data_wait")

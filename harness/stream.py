@@ -126,13 +126,17 @@ def epochs_needed(max_steps: int, batch_size: int, workers: int, train_sequences
     return math.ceil(max_steps * batch_size * workers / max(train_sequences, 1)) + 1
 
 
-def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, epochs: int
-                    ) -> dict[str, ray.data.Dataset]:
-    """{"train": `epochs` passes over the train split, masked}. The held-out batches do not stream: `held_out`."""
+def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, epochs: int,
+                    batches: int | None = None) -> dict[str, ray.data.Dataset]:
+    """{"train": `epochs` passes over the train split, masked}; with `batches`, only the stream's first `batches`
+    batches (a run's steps x workers): Ray Data stops reading and masking once they are made, instead of running
+    ahead into epochs no step will see (and polling, backpressured, until the run ends). The held-out batches do
+    not stream: `held_out`."""
     chunk = stage.batch_size * SHUFFLE_BATCHES
     train = [prepared["train"].map_batches(mask_rows, batch_size=chunk, batch_format="numpy",
                                            fn_kwargs={"stage": stage, "epoch": epoch}) for epoch in range(epochs)]
-    return {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
+    stream = train[0].union(*train[1:]) if len(train) > 1 else train[0]
+    return {"train": stream if batches is None else stream.limit(batches)}
 
 
 def held_out(prepared_dir: str | Path, stage: MaskingStage, batches: int) -> list[MaskedBatch]:

@@ -36,11 +36,12 @@ from harness import tracking
 from harness.config import Config, ConfigError, resolve_location, resolve_path
 from harness.console import own_logging, quiet_libraries
 from harness.costs import warn_if_costly
+from harness.evaluation import protocol_suite
 from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
 from harness.pretrain import prepare_run
 from harness.space import Space, apply_params, check_space
 from harness.study_report import StudyResult, trial_table, write_report
-from harness.trial import StudyContext, TrialSpec, check_metrics, protocol_suite, run_trial
+from harness.trial import StudyContext, TrialSpec, check_metrics, run_trial
 
 logger = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 A trial is one pre-training run (harness.pretrain.train, a TorchTrainer inside the trial) under a child
 MLflow run of the study's parent run. It reports the quick probe at every eval step (what ASHA stops on, never
 at the last step: harness.launch.LastStepASHA); a trial that reaches its last step gets the full evaluation suite
-in a Ray task (under each of the study's evaluation protocols), logs the suite's metrics and tables to its run,
-and its final report carries the study's metric(s) (`check_metrics` says which).
+in a Ray task (harness.evaluation, under each of the study's evaluation protocols), logs the suite's metrics and
+tables to its run, and its final report carries the study's metric(s) (`check_metrics` says which).
 
 Selection never reads GLUE dev. Everything that ranks trials (ASHA, Optuna, the best config, the Pareto front)
 reads `select/*` metrics (probes scored on held-out TRAIN data) or the pre-training's own `train/*` and `val/*`;
@@ -14,28 +14,21 @@ untouched numbers of finished trials: logged to MLflow, never reported to Tune.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import ray
 import ray.train
-import transformers
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
-from eval.config import PROTOCOLS
 from eval.quick import QuickTask
-from eval.report import write_run
-from eval.suite import PROTOCOL_PREFIX, SuiteConfig, headline_metrics, result_metrics, run_suite
+from eval.suite import SuiteConfig
 from harness import tracking
 from harness.config import Config, ConfigError
-from harness.console import own_logging, quiet_libraries
-from harness.launch import LAST_STEP, QUICK_METRIC, SELECTION_PREFIXES, check_selection, mark_last_step
+from harness.evaluation import eval_folder, evaluate_suites
+from harness.launch import LAST_STEP, QUICK_METRIC, SELECTION_PREFIXES, ForwardEvalReports, check_selection
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
 
@@ -67,21 +60,6 @@ class TrialDiverged(RuntimeError):
     """The trial's loss became NaN/inf; its child run is marked diverged and the study goes on."""
 
 
-class ForwardEvalReports(TuneReportCallback):
-    """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric), the last
-    step's marked as such (ASHA never stops a trial there); every report reaches MLflow anyway
-    (tracking.ReportToMLflow)."""
-
-    def __init__(self, max_steps: int) -> None:
-        super().__init__()
-        self.max_steps = max_steps
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: ray.train.Checkpoint | None) -> None:
-        if QUICK_METRIC in metrics[0]:
-            super().after_report(run_context, [mark_last_step(metrics[0], self.max_steps)], checkpoint)
-
-
 def check_metrics(cfg: Config) -> None:
     """The optimised metric(s) must be selection metrics (never GLUE dev) that a finished trial reports."""
     check_selection(cfg.study.metric)
@@ -96,48 +74,6 @@ def check_metrics(cfg: Config) -> None:
                               "select/mean_score/<pooling>, select/quick_score, select/quick/<quick task> and "
                               f"select/<task>/<pooling>/<metric> for eval.tasks={list(cfg.eval.tasks)} x "
                               f"eval.poolings={list(cfg.eval.poolings)}")
-
-
-def protocol_suite(suite: SuiteConfig, protocol: str) -> SuiteConfig:
-    """The suite under one evaluation protocol (eval.config.SuiteConfig.protocol). eval.max_dev caps the dev rows of
-    both: the harness protocol takes a seeded sample of them, the reference's analysis the first ones in file order
-    (its reference_n, the reference code's --max_samples)."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"evaluation protocol {protocol!r}: must be one of {list(PROTOCOLS)}")
-    if protocol == "reference" and suite.max_dev is not None:
-        return dataclasses.replace(suite, protocol=protocol, reference_n=min(suite.reference_n, max(suite.max_dev, 10)))
-    return dataclasses.replace(suite, protocol=protocol)
-
-
-def eval_folder(protocol: str) -> str:
-    """A trial's evaluation folder (and MLflow artifact) under one protocol: eval/, eval_reference/."""
-    return "eval" if protocol == "harness" else f"eval_{protocol}"
-
-
-def protocol_metrics(results: pd.DataFrame, protocol: str) -> dict[str, float]:
-    """A protocol's results as metrics: every row (`eval.suite.result_metrics`) and the headline numbers, named
-    with the protocol's prefix (`ref/geom/sst2/mean/uniformity`; none for the harness protocol)."""
-    metrics = {**result_metrics(results), **headline_metrics(results)}
-    stray = [k for k in metrics if not k.startswith(PROTOCOL_PREFIX[protocol])]
-    if stray:
-        raise RuntimeError(f"the {protocol} protocol's metrics {stray[:3]} lack its prefix")
-    return metrics
-
-
-def _evaluate(encoder: Path, glue_dir: Path | None, suites: Sequence[SuiteConfig], trial_dir: Path, name: str,
-              group: str) -> tuple[dict[str, float], dict[str, float]]:
-    """The suite under each protocol, its tables written to the protocol's folder; (metrics, wall seconds)."""
-    own_logging()  # a Ray task's process: the suite's progress lines, once
-    quiet_libraries()
-    transformers.utils.logging.set_verbosity_error()  # our exports have no pooler: its "MISSING" load report is noise
-    metrics, walls = {}, {}
-    for suite in suites:
-        start, protocol = time.time(), suite.protocol
-        result = run_suite(encoder, glue_dir=glue_dir, cfg=suite, name=name, group=group)
-        write_run(result.results, result.replicates, result.spectra, trial_dir / eval_folder(protocol))
-        metrics.update(protocol_metrics(result.results, protocol))
-        walls[f"perf/eval_{protocol}_wall_s"] = time.time() - start
-    return metrics, walls
 
 
 def run_trial(params: dict[str, Any], context: StudyContext) -> None:
@@ -156,6 +92,7 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
     with tracking.training_run(uri, experiment, f"{name}-{spec.label}", cfg.to_dict(), context.parent_run_id,
                                tags, run_id=existing) as run:
         tracking.log_params({f"trial.{k}": v for k, v in spec.overrides.items()})
+        setup_s = time.time() - start
         summary = train(cfg, context.prepared, run, f"trial-{spec.label}", trial_dir, context.study_dir / "train",
                         [ForwardEvalReports(cfg.optim.max_steps)], context.quick)
         if summary["outcome"] != "finished":
@@ -164,16 +101,19 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         # "DEFAULT": not inside the trial's placement group (Tune captures child tasks into it by default)
         options = {"num_cpus": cfg.eval.cpus, "num_gpus": 1 if cfg.train.use_gpu else 0,
                    "scheduling_strategy": "DEFAULT"}
-        final, eval_walls = ray.get(ray.remote(_evaluate).options(**options).remote(
+        final, eval_walls = ray.get(ray.remote(evaluate_suites).options(**options).remote(
             Path(summary["encoder"]), context.glue_dir, context.suites, trial_dir, spec.label,
             spec.group or spec.label))
+        evaluated = time.time()
         # The evaluation ran in its own task, outside this run: its metrics and tables are logged here.
         tracking.log_metrics(final)
         for suite in context.suites:
             folder = eval_folder(suite.protocol)
             tracking.log_artifact(trial_dir / folder, folder)
         recorded = tracking.read_run(uri, run.run_id)["metrics"]
-        wall = {"perf/trial_wall_s": time.time() - start, "perf/trial_train_wall_s": trained - start, **eval_walls}
+        wall = {"perf/trial_wall_s": time.time() - start, "perf/trial_train_wall_s": trained - start, **eval_walls,
+                "perf/trial_setup_s": setup_s, "perf/eval_task_s": evaluated - trained,
+                "perf/trial_log_s": time.time() - evaluated}
         tracking.log_metrics(wall)
         # Tune (ASHA, Optuna) sees the selection metrics only: dev scores stay in MLflow, the final record.
         selection = {k: v for k, v in {**recorded, **final}.items() if k.startswith(SELECTION_PREFIXES)}

@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor
-from transformers import BertConfig, BertModel, PreTrainedModel
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from models.config import ModelConfig
 
 
 def _bert(cfg: ModelConfig) -> PreTrainedModel:
+    # Imported here: transformers takes seconds to import, and the processes that only mask batches (Ray Data's
+    # tasks, via objectives.masking) or hold the run's plan never build an encoder.
+    from transformers import BertConfig, BertModel
+
     config = BertConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,

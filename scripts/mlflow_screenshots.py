@@ -21,10 +21,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-# MLflow 3.17's UI shows an experiment in its GenAI or its model-training view by a per-browser setting (default
-# GenAI), which this query parameter overrides; the harness's links carry it (harness.tracking.ui_link).
-TRAINING_VIEW = "?workflowType=machine_learning"
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -68,6 +64,10 @@ def main() -> int:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         parser.error("no chromium on PATH: install Debian's package (apt-get install chromium)")
+    # The query parameter that opens MLflow 3.17's model-training pages, as the harness's links carry it (imported
+    # here: it loads mlflow, which --help and bad input need not wait for).
+    from harness.tracking import TRAINING_VIEW
+
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"

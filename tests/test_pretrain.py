@@ -50,6 +50,12 @@ def assert_trained(summary: dict, objective: str, reports: int) -> None:
     val_key = "val/loss_jepa" if objective == "jepa" else "val/loss_mlm"
     for key in ("perf/tokens_per_s", "perf/mfu", "perf/data_wait", "train/grad_norm", "train/lr", val_key):
         assert key in recorded["metrics"], key
+    # Where the run's time went besides its steps (benchmarks/tune_overhead.py adds them up).
+    phases = ("perf/worker_start_s", "perf/worker_setup_s", "perf/peak_s", "perf/validate_s", "perf/report_s",
+              "perf/train_time_s", "perf/fit_wall_s", "perf/export_s")
+    assert all(recorded["metrics"][key] >= 0 for key in phases), {k: recorded["metrics"].get(k) for k in phases}
+    in_fit = sum(recorded["metrics"][key] for key in phases[:6])
+    assert in_fit <= recorded["metrics"]["perf/fit_wall_s"], "the phases inside fit() overlap"
     encoder = AutoModel.from_pretrained(summary["encoder"])  # the final encoder, in HF format
     assert encoder.config.hidden_size == 64
 

@@ -93,6 +93,25 @@ def test_device_batches_cross_once_from_cpu_to_the_device(ray_session, packed_id
         assert_same(got, expected)
 
 
+def test_a_stream_of_a_runs_batches_ends_after_them_in_order(ray_session, packed_ids, tokenizer) -> None:
+    """`batches` cuts the stream (a run's steps x workers): exactly the first batches of the full stream, the
+    second epoch's included."""
+    import ray.data
+
+    stage = stage_for(tokenizer)
+    ids = packed_ids(4 * BATCH, 64).numpy().astype(np.int32)
+    rows = ray.data.from_items([{"input_ids": r} for r in ids])
+    streams = []
+    for batches in (None, 5):
+        train = masked_datasets({"train": rows}, stage, epochs=2, batches=batches)["train"]
+        train.context.execution_options.preserve_order = True
+        streams.append(list(device_batches(train.iterator(), torch.device("cpu"))))
+    full, cut = streams
+    assert len(full) == 8 and [e for _, e in cut] == [0, 0, 0, 0, 1]
+    for (got, _), (expected, _) in zip(cut, full[:5], strict=True):
+        assert_same(got, expected)
+
+
 def test_held_out_batches_are_the_first_rows_masked_as_their_own_epoch(packed_ids, tokenizer, tmp_path: Path) -> None:
     """Read from the prepared val files with pyarrow (no Ray Data): the files in name order, the first
     `batches` batches, each equal to the stream's masking of those rows in epoch VAL_EPOCH; the same on every read."""

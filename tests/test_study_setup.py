@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness.config import ConfigError, load_config
+from harness.evaluation import protocol_suite
 from harness.space import load_space
 from harness.study import differences, fingerprint, open_study
-from harness.trial import TrialSpec, check_metrics, protocol_suite
+from harness.trial import TrialSpec, check_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "configs" / "tiny.yaml"

@@ -104,7 +104,8 @@ def test_real_tiny_study_evaluates_every_trial_that_reached_its_last_step(ray_se
     for label, run in runs.items():
         assert max(_history(uri, run, "step")) == 20
         assert run["status"] == "FINISHED" and run["tags"]["outcome"] == "finished", (label, run["tags"])
-        for key in ("select/mean_score", "probe/mean_score", "geom/mean_uniformity", "perf/trial_wall_s"):
+        for key in ("select/mean_score", "probe/mean_score", "geom/mean_uniformity", "perf/trial_wall_s",
+                    "perf/trial_setup_s", "perf/eval_task_s", "perf/trial_log_s", "perf/fit_wall_s"):
             assert key in run["metrics"], (label, key)
         trial_dir = study.context.study_dir / "trials" / label
         assert (trial_dir / "encoder" / "config.json").is_file() and (trial_dir / "eval" / "results.csv").is_file()
