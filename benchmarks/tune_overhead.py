@@ -72,7 +72,8 @@ def main() -> None:
 
 
 def breakdown(m: dict[str, float]) -> dict[str, float]:
-    """A trial's wall time in phases, from its perf/* metrics; they add up to perf/trial_wall_s."""
+    """A trial's wall time in phases, from its perf/* metrics: all but the "of which" row add up to
+    perf/trial_wall_s (up to the untimed moments between them)."""
     in_fit = ("perf/worker_start_s", "perf/worker_setup_s", "perf/train_time_s", "perf/peak_s", "perf/validate_s",
               "perf/report_s")
     return {

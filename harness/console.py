@@ -12,6 +12,7 @@ can change). `RAY_DEDUP_LOGS_SKIP_REGEX`, if set, replaces that list.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -56,6 +57,13 @@ def local_ray_environment() -> None:
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
 
 
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback address (::ffff:127.0.0.1)."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 def own_logging(stream: TextIO | None = None, fmt: str = LOG_FORMAT) -> None:
     """The harness's and eval's loggers print their INFO lines (on `stream`, default stderr) whatever Ray does to the
     root logger, each line once. The first call in a process sets the stream and format."""
@@ -94,7 +102,7 @@ def init_ray() -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     context = ray.init()
     node = context.address_info["node_ip_address"]
-    if os.environ.get(LOOPBACK_SWITCH) == "0" and not node.startswith("127."):
+    if os.environ.get(LOOPBACK_SWITCH) == "0" and not is_loopback(node):
         logging.getLogger(__name__).warning(
             "Ray's node address is %s, so its ports are reachable from the network: a cluster started by `ray start`,"
             " or Ray imported before the harness (import harness first for a local Ray on 127.0.0.1)", node)

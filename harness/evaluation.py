@@ -49,7 +49,7 @@ def protocol_metrics(results: pd.DataFrame, protocol: str) -> dict[str, float]:
 
 
 def evaluate_suites(encoder: Path, glue_dir: Path | None, suites: Sequence[SuiteConfig], trial_dir: Path, name: str,
-              group: str) -> tuple[dict[str, float], dict[str, float]]:
+                    group: str) -> tuple[dict[str, float], dict[str, float]]:
     """The suite under each protocol, its tables written to the protocol's folder; (metrics, wall seconds)."""
     own_logging()  # a Ray task's process: the suite's progress lines, once
     quiet_libraries()

@@ -14,7 +14,6 @@ It reuses private parts of Ray Train 2.60: the process-group helpers that its ow
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import sys
@@ -28,14 +27,10 @@ from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
+from harness.console import is_loopback
+
 LOOPBACK_INTERFACE = "lo0" if sys.platform == "darwin" else "lo"
 _served: list[Any] = []  # rank 0's listening socket and store, alive as long as the worker process
-
-
-def is_loopback(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def serve_store_on_loopback(world_size: int, timeout_s: int) -> int:

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import REPO, TINY
+from test_cli import REPO, TINY, cli_env
 
-from harness.loopback import is_loopback
+from harness.console import is_loopback
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc")
 LISTEN = "0A"  # TCP state in /proc/net/tcp*
@@ -82,7 +82,7 @@ def listening_by_process(root: int) -> set[tuple[str, str]]:
 
 
 def test_a_local_run_listens_on_loopback_only(tmp_path):
-    env = {**os.environ, "RAY_ADDRESS": "local", "HF_HUB_OFFLINE": "1", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+    env = cli_env()
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     run = subprocess.Popen(
         [sys.executable, "-m", "harness.pretrain", "--config", TINY, f"output_dir={tmp_path}",
