@@ -25,10 +25,14 @@ KNOWN_NOISE = "|".join([
     r"has constructor arguments in the object store and max_restarts",
     # Ray Data's warning in every non-interactive process that streams a dataset.
     r"Progress bars disabled\. To enable",
+    # The raylet's warning once it has started 4x as many worker processes as the node has CPUs: on a small machine
+    # every study crosses it (a trial is a Tune actor, Train's controller and workers, Ray Data's actors and tasks).
+    r"PYTHON worker processes have been started on node",
 ])
 LOG_FORMAT = "%(message)s"
 RAY_STARTED = "Ray cluster at"  # the line init_ray logs
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray's node address is 127.0.0.1
+IDLE_WORKERS_KEPT = 8  # a local Ray's worker processes kept for reuse, at least (local_ray_environment)
 
 
 def quiet_ray_log_forwarding() -> None:
@@ -41,7 +45,8 @@ def quiet_ray_log_forwarding() -> None:
 
 def local_ray_environment() -> None:
     """How a local Ray that the harness starts behaves (where `RAY_ADDRESS` is unset or `local`; its processes
-    inherit the driver's environment): it listens on 127.0.0.1 only, and reads parquet footers with one actor.
+    inherit the driver's environment): it listens on 127.0.0.1 only, reads parquet footers with one actor, starts no
+    preemption watcher and keeps idle worker processes for reuse.
 
     Loopback: Ray 2.60 binds its servers (GCS, raylet, dashboard, agents, workers) to loopback when the node's address
     is 127.0.0.1, but `ray.init()` replaces 127.0.0.1 by the machine's address, except where Ray disables multi-node
@@ -51,10 +56,20 @@ def local_ray_environment() -> None:
     from the cluster, and its cluster's settings.
 
     Footers: Ray Data lists a parquet directory with `RAY_DATA_PARQUET_FOOTER_NUM_ACTORS` actors (32 by default, each
-    a process): on one machine they cost more to start than the few prepared shards take to read."""
+    a process): on one machine they cost more to start than the few prepared shards take to read.
+
+    Preemption: Ray Train starts a `PreemptionWatcher` actor (a process) for every run to report the nodes that a
+    cloud takes back; one machine has none to lose, so `RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`.
+
+    Idle processes: the raylet ends idle worker processes beyond its soft limit (`RAY_num_workers_soft_limit`, the
+    node's CPUs by default). On 2 CPUs a study's next trial then started a new process for every Ray Data task and for
+    its evaluation task, each importing torch again; with at least `IDLE_WORKERS_KEPT` kept, they ran in the processes
+    of the trial before."""
     if os.environ.get("RAY_ADDRESS", "") in ("", "local"):
         os.environ.setdefault(LOOPBACK_SWITCH, "0")
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_num_workers_soft_limit", str(max(IDLE_WORKERS_KEPT, os.cpu_count() or 1)))
 
 
 def is_loopback(address: str) -> bool:

@@ -121,9 +121,17 @@ def mask_rows(rows: dict[str, np.ndarray], stage: MaskingStage, epoch: int) -> d
 
 
 def epochs_needed(max_steps: int, batch_size: int, workers: int, train_sequences: int) -> int:
-    """Epochs of the train split that `max_steps` steps of every worker can consume, plus one for the rows the
-    batching drops and the streaming split's uneven shares."""
-    return math.ceil(max_steps * batch_size * workers / max(train_sequences, 1)) + 1
+    """Epochs of the train split that `max_steps` steps of every worker can consume.
+
+    Batching loses rows: Ray Data hands `mask_rows` chunks of SHUFFLE_BATCHES batches (fewer only at the end of a
+    task's input), and each call drops its tail of less than a batch; the streaming split's shares differ by at most a
+    batch per worker. So one epoch always yields its rows less 1/SHUFFLE_BATCHES, a batch and a batch per worker: a
+    run that needs no more streams one epoch (every epoch is a read of its own that Ray Data starts at once). Beyond
+    that, one epoch more than the rows ask for."""
+    needed = max_steps * batch_size * workers
+    if needed <= train_sequences * (1 - 1 / SHUFFLE_BATCHES) - (1 + workers) * batch_size:
+        return 1
+    return math.ceil(needed / max(train_sequences, 1)) + 1
 
 
 def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, epochs: int,

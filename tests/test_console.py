@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from harness.console import clock, progress_line
+import re
+
+from harness.console import KNOWN_NOISE, clock, progress_line
 
 PERF = {"perf/tokens_per_s": 3210.4, "perf/mfu": 0.4567, "perf/data_wait": 0.0123}
 
@@ -28,3 +30,19 @@ def test_a_hybrid_line_shows_both_loss_terms_and_lambda() -> None:
 def test_an_mlm_line_has_no_lambda() -> None:
     line = progress_line(10, 20, 5.0, 10, {"train/loss": 3.0, "train/loss_mlm": 3.0, "train/lambda": 0.0, **PERF})
     assert "(mlm 3.0000)" in line and "λ" not in line
+
+
+def test_known_noise_skips_ray_s_own_lines_only() -> None:
+    """The lines that Ray prints about its internals on every run or study (as the driver receives them) are skipped;
+    a warning about the user's work is not."""
+    noise = [
+        "[2026-12-01 14:01:55,091 E 20043 20043] core_worker.cc:2465: Actor with class name: 'MapWorker(MapBatches("
+        "_TokenizeAndPack))' and ID: 'c82a' has constructor arguments in the object store and max_restarts > 0.",
+        "WARNING __init__.py:28 -- Progress bars disabled. To enable, set `ray.data.DataContext.get_current()."
+        "enable_progress_bars = True`.",
+        "WARNING: 8 PYTHON worker processes have been started on node: b1f9 with address: 127.0.0.1, which is 4x the "
+        "maximum expected startup concurrency (2).",
+    ]
+    kept = ["WARNING: the loss became NaN at step 12", "Task failed: ValueError: train.batch_size must be > 0"]
+    assert all(re.search(KNOWN_NOISE, line) for line in noise)
+    assert not any(re.search(KNOWN_NOISE, line) for line in kept)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_cli import REPO, TINY, cli_env
 
-from harness.console import is_loopback
+from harness.console import IDLE_WORKERS_KEPT, is_loopback
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc")
 LISTEN = "0A"  # TCP state in /proc/net/tcp*
@@ -89,8 +89,10 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
          "train.num_workers=2", "train.cpus_per_worker=0.5"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: set[tuple[str, str]] = set()
+    processes: set[str] = set()
     while run.poll() is None:
         seen |= listening_by_process(run.pid)
+        processes |= set(process_tree(run.pid).values())
         time.sleep(0.5)
     output = run.stdout.read()
     assert run.returncode == 0, output[-3000:]
@@ -99,15 +101,21 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= names, seen
     assert any("RayTrainWo" in name for name in names), seen
     assert all(is_loopback(address) for _, address in seen), sorted(seen)
+    # One machine has no node to lose: Train's controller ran, its preemption watcher (a process) did not.
+    assert any("TrainContr" in name for name in processes), processes
+    assert not any("Preemption" in name for name in processes), processes
 
 
 def test_a_driver_that_joins_a_cluster_keeps_ray_defaults():
-    """With RAY_ADDRESS naming a cluster, the harness leaves Ray's node address alone (the cluster's own)."""
-    probe = "import os, harness; print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    """With RAY_ADDRESS naming a cluster, the harness leaves the cluster's settings alone: its node address, Train's
+    preemption watcher, how many idle processes a node keeps."""
+    local_only = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+                  "RAY_num_workers_soft_limit")
+    probe = f"import os, harness; print(*(os.environ.get(k) for k in {local_only}))"
+    env = {k: v for k, v in os.environ.items() if k not in local_only}
     joined = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                             env={**env, "RAY_ADDRESS": "10.0.0.5:6379"}, check=True)
     local = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                            env={**env, "RAY_ADDRESS": "local"}, check=True)
-    assert joined.stdout.strip() == "None"
-    assert local.stdout.strip() == "0"
+    assert joined.stdout.split() == ["None", "None", "None"]
+    assert local.stdout.split() == ["0", "0", str(max(IDLE_WORKERS_KEPT, os.cpu_count()))]

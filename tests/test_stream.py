@@ -16,6 +16,7 @@ from harness.stream import (
     content_key,
     derived_seed,
     device_batches,
+    epochs_needed,
     held_out,
     mask_rows,
     masked_datasets,
@@ -110,6 +111,23 @@ def test_a_stream_of_a_runs_batches_ends_after_them_in_order(ray_session, packed
     assert len(full) == 8 and [e for _, e in cut] == [0, 0, 0, 0, 1]
     for (got, _), (expected, _) in zip(cut, full[:5], strict=True):
         assert_same(got, expected)
+
+
+def test_one_epoch_holds_every_run_that_epochs_needed_gives_one(ray_session, packed_ids, tokenizer) -> None:
+    """Blocks that cut across chunks (Ray Data hands mask_rows a short chunk at the end of each input) still leave
+    one epoch enough batches for the longest run that `epochs_needed` streams over one epoch; a run one step longer
+    gets two epochs."""
+    import ray.data
+
+    stage = stage_for(tokenizer)
+    sequences = 3 * SHUFFLE_BATCHES * BATCH + 5
+    ids = packed_ids(sequences, 64).numpy().astype(np.int32)
+    rows = ray.data.from_items([{"input_ids": r} for r in ids], override_num_blocks=7)
+    longest = max(s for s in range(1, sequences) if epochs_needed(s, BATCH, 1, sequences) == 1)
+    assert epochs_needed(longest + 1, BATCH, 1, sequences) == 2
+    assert epochs_needed(longest, BATCH, 2, sequences) > 1  # two workers consume twice the rows
+    one_epoch = masked_datasets({"train": rows}, stage, epochs=1)["train"]
+    assert one_epoch.count() >= longest > sequences // BATCH // 2
 
 
 def test_held_out_batches_are_the_first_rows_masked_as_their_own_epoch(packed_ids, tokenizer, tmp_path: Path) -> None:
