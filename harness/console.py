@@ -7,7 +7,7 @@ harness runs Ray's loggers at WARNING (the driver's `ray` logger, Ray Train's th
 `RunConfig(logging_config=...)`, Ray Data's through `RAY_DATA_LOG_LEVEL`) and gives its own loggers (`harness`,
 `eval`) a handler of their own, so that their INFO lines still show, once. Warnings and errors of Ray still show, except
 the lines in `KNOWN_NOISE`: messages that Ray logs on every run about its own internals (nothing the user did or
-can change). `RAY_DEDUP_LOGS_SKIP_REGEX`, if set, replaces that list.
+can change), and on a local Ray those in `LOCAL_NOISE`. `RAY_DEDUP_LOGS_SKIP_REGEX`, if set, replaces that list.
 """
 
 from __future__ import annotations
@@ -25,28 +25,35 @@ KNOWN_NOISE = "|".join([
     r"has constructor arguments in the object store and max_restarts",
     # Ray Data's warning in every non-interactive process that streams a dataset.
     r"Progress bars disabled\. To enable",
-    # The raylet's warning once it has started 4x as many worker processes as the node has CPUs: on a small machine
-    # every study crosses it (a trial is a Tune actor, Train's controller and workers, Ray Data's actors and tasks).
-    r"PYTHON worker processes have been started on node",
 ])
+# The raylet's warning once it has started 4x as many worker processes as the node has CPUs: on a small machine every
+# study crosses it (a trial is a Tune actor, Train's controller and workers, Ray Data's actors and tasks). Skipped on a
+# local Ray only: on a cluster it may point at leaked actors or tasks blocked in ray.get.
+LOCAL_NOISE = r"PYTHON worker processes have been started on node"
 LOG_FORMAT = "%(message)s"
 RAY_STARTED = "Ray cluster at"  # the line init_ray logs
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray's node address is 127.0.0.1
-IDLE_WORKERS_KEPT = 8  # a local Ray's worker processes kept for reuse, at least (local_ray_environment)
+IDLE_WORKERS_KEPT = 8  # how many idle worker processes a local Ray on fewer CPUs may keep (local_ray_environment)
+
+
+def starts_local_ray() -> bool:
+    """Whether this driver starts a Ray of its own (`RAY_ADDRESS` unset or `local`) rather than joining a cluster."""
+    return os.environ.get("RAY_ADDRESS", "") in ("", "local")
 
 
 def quiet_ray_log_forwarding() -> None:
-    """Skip `KNOWN_NOISE` when the driver prints the lines of Ray's processes, and set Ray Data's loggers to WARNING
-    (no execution plans or progress tables; `RAY_DATA_LOG_LEVEL=INFO` brings them back). Ray reads both at import;
-    a local Ray's processes inherit them."""
-    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", KNOWN_NOISE)
+    """Skip `KNOWN_NOISE` (and on a local Ray `LOCAL_NOISE`) when the driver prints the lines of Ray's processes, and
+    set Ray Data's loggers to WARNING (no execution plans or progress tables; `RAY_DATA_LOG_LEVEL=INFO` brings them
+    back). Ray reads both at import; a local Ray's processes inherit them."""
+    noise = f"{KNOWN_NOISE}|{LOCAL_NOISE}" if starts_local_ray() else KNOWN_NOISE
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", noise)
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
 
 
 def local_ray_environment() -> None:
     """How a local Ray that the harness starts behaves (where `RAY_ADDRESS` is unset or `local`; its processes
     inherit the driver's environment): it listens on 127.0.0.1 only, reads parquet footers with one actor, starts no
-    preemption watcher and keeps idle worker processes for reuse.
+    preemption watcher and lets more idle worker processes wait for reuse.
 
     Loopback: Ray 2.60 binds its servers (GCS, raylet, dashboard, agents, workers) to loopback when the node's address
     is 127.0.0.1, but `ray.init()` replaces 127.0.0.1 by the machine's address, except where Ray disables multi-node
@@ -58,18 +65,25 @@ def local_ray_environment() -> None:
     Footers: Ray Data lists a parquet directory with `RAY_DATA_PARQUET_FOOTER_NUM_ACTORS` actors (32 by default, each
     a process): on one machine they cost more to start than the few prepared shards take to read.
 
-    Preemption: Ray Train starts a `PreemptionWatcher` actor (a process) for every run to report the nodes that a
-    cloud takes back; one machine has none to lose, so `RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`.
+    Preemption: Ray Train starts a `PreemptionWatcher` actor (a process) whenever it starts a worker group, to report
+    the nodes that a cloud takes back; one machine has none to lose, so `RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`.
 
     Idle processes: the raylet ends idle worker processes beyond its soft limit (`RAY_num_workers_soft_limit`, the
-    node's CPUs by default). On 2 CPUs a study's next trial then started a new process for every Ray Data task and for
-    its evaluation task, each importing torch again; with at least `IDLE_WORKERS_KEPT` kept, they ran in the processes
-    of the trial before."""
-    if os.environ.get("RAY_ADDRESS", "") in ("", "local"):
+    node's CPUs by default); it never starts any to reach it. On 2 CPUs a study's next trial then started a new process
+    for every Ray Data task and for its evaluation task, each importing torch again; with up to `IDLE_WORKERS_KEPT`
+    idle, they ran in the processes of the trial before. Each idle process keeps its imports (torch: a few hundred
+    MB). A machine with that many CPUs (those this process may run on) keeps Ray's default."""
+    if starts_local_ray():
         os.environ.setdefault(LOOPBACK_SWITCH, "0")
         os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_num_workers_soft_limit", str(max(IDLE_WORKERS_KEPT, os.cpu_count() or 1)))
+        if usable_cpus() < IDLE_WORKERS_KEPT:
+            os.environ.setdefault("RAY_num_workers_soft_limit", str(IDLE_WORKERS_KEPT))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def is_loopback(address: str) -> bool:

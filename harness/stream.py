@@ -121,17 +121,17 @@ def mask_rows(rows: dict[str, np.ndarray], stage: MaskingStage, epoch: int) -> d
 
 
 def epochs_needed(max_steps: int, batch_size: int, workers: int, train_sequences: int) -> int:
-    """Epochs of the train split that `max_steps` steps of every worker can consume.
+    """The fewest epochs of the train split that surely hold `max_steps` batches for every worker.
 
     Batching loses rows: Ray Data hands `mask_rows` chunks of SHUFFLE_BATCHES batches (fewer only at the end of a
-    task's input), and each call drops its tail of less than a batch; the streaming split's shares differ by at most a
-    batch per worker. So one epoch always yields its rows less 1/SHUFFLE_BATCHES, a batch and a batch per worker: a
-    run that needs no more streams one epoch (every epoch is a read of its own that Ray Data starts at once). Beyond
-    that, one epoch more than the rows ask for."""
-    needed = max_steps * batch_size * workers
-    if needed <= train_sequences * (1 - 1 / SHUFFLE_BATCHES) - (1 + workers) * batch_size:
-        return 1
-    return math.ceil(needed / max(train_sequences, 1)) + 1
+    task's input), and each call drops its tail of less than a batch; so an epoch yields at least its rows less
+    1/SHUFFLE_BATCHES and a batch. The streaming split gives every worker as many batches, dropping fewer than one per
+    worker. Every epoch is a read of its own that Ray Data starts at once: no more epochs than that."""
+    needed = (max_steps + 1) * batch_size * workers
+    per_epoch = train_sequences * (1 - 1 / SHUFFLE_BATCHES) - batch_size
+    if per_epoch <= 0:  # a split of about a batch: no bound holds; the loop says so if its stream ends early
+        return math.ceil(needed / max(train_sequences, 1)) + 1
+    return math.ceil(needed / per_epoch)
 
 
 def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, epochs: int,

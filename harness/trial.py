@@ -98,10 +98,13 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         if summary["outcome"] != "finished":
             raise TrialDiverged(f"trial {spec.label}: {summary['note']}")
         trained = time.time()
-        # "DEFAULT": not inside the trial's placement group (Tune captures child tasks into it by default)
+        # "DEFAULT": not inside the trial's placement group (Tune captures child tasks into it by default). On a GPU
+        # the task's process ends with it (max_calls=1, which .options() does not take), its CUDA context and cached
+        # memory too; on CPU an idle process waits for the next trial's evaluation with its imports done.
+        evaluation = ray.remote(max_calls=1 if cfg.train.use_gpu else 0)(evaluate_suites)
         options = {"num_cpus": cfg.eval.cpus, "num_gpus": 1 if cfg.train.use_gpu else 0,
                    "scheduling_strategy": "DEFAULT"}
-        final, eval_walls = ray.get(ray.remote(evaluate_suites).options(**options).remote(
+        final, eval_walls = ray.get(evaluation.options(**options).remote(
             Path(summary["encoder"]), context.glue_dir, context.suites, trial_dir, spec.label,
             spec.group or spec.label))
         evaluated = time.time()

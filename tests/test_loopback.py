@@ -8,6 +8,7 @@ dashboard, agents, workers) are read from /proc. Linux only (/proc/net/tcp).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_cli import REPO, TINY, cli_env
 
-from harness.console import IDLE_WORKERS_KEPT, is_loopback
+from harness.console import IDLE_WORKERS_KEPT, KNOWN_NOISE, LOCAL_NOISE, is_loopback, usable_cpus
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc")
 LISTEN = "0A"  # TCP state in /proc/net/tcp*
@@ -107,15 +108,17 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
 
 
 def test_a_driver_that_joins_a_cluster_keeps_ray_defaults():
-    """With RAY_ADDRESS naming a cluster, the harness leaves the cluster's settings alone: its node address, Train's
-    preemption watcher, how many idle processes a node keeps."""
+    """With RAY_ADDRESS naming a cluster, the harness leaves the cluster's settings alone (its node address, Train's
+    preemption watcher, how many idle processes a node keeps) and skips none of the raylet's warnings."""
     local_only = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
                   "RAY_num_workers_soft_limit")
-    probe = f"import os, harness; print(*(os.environ.get(k) for k in {local_only}))"
-    env = {k: v for k, v in os.environ.items() if k not in local_only}
-    joined = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
-                            env={**env, "RAY_ADDRESS": "10.0.0.5:6379"}, check=True)
-    local = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
-                           env={**env, "RAY_ADDRESS": "local"}, check=True)
-    assert joined.stdout.split() == ["None", "None", "None"]
-    assert local.stdout.split() == ["0", "0", str(max(IDLE_WORKERS_KEPT, os.cpu_count()))]
+    probe = ("import json, os, harness; "
+             f"print(json.dumps([os.environ.get(k) for k in {(*local_only, 'RAY_DEDUP_LOGS_SKIP_REGEX')}]))")
+    env = {k: v for k, v in os.environ.items() if k not in (*local_only, "RAY_DEDUP_LOGS_SKIP_REGEX")}
+    joined, local = (
+        json.loads(subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                                  env={**env, "RAY_ADDRESS": address}, check=True).stdout)
+        for address in ("10.0.0.5:6379", "local"))
+    assert joined == [None, None, None, KNOWN_NOISE]
+    kept = str(IDLE_WORKERS_KEPT) if usable_cpus() < IDLE_WORKERS_KEPT else None
+    assert local == ["0", "0", kept, f"{KNOWN_NOISE}|{LOCAL_NOISE}"]

@@ -115,8 +115,8 @@ def test_a_stream_of_a_runs_batches_ends_after_them_in_order(ray_session, packed
 
 def test_one_epoch_holds_every_run_that_epochs_needed_gives_one(ray_session, packed_ids, tokenizer) -> None:
     """Blocks that cut across chunks (Ray Data hands mask_rows a short chunk at the end of each input) still leave
-    one epoch enough batches for the longest run that `epochs_needed` streams over one epoch; a run one step longer
-    gets two epochs."""
+    one epoch enough batches for the longest run that `epochs_needed` streams over one epoch, and two for the longest
+    it streams over two; a run one step longer than the first gets two epochs."""
     import ray.data
 
     stage = stage_for(tokenizer)
@@ -128,6 +128,8 @@ def test_one_epoch_holds_every_run_that_epochs_needed_gives_one(ray_session, pac
     assert epochs_needed(longest, BATCH, 2, sequences) > 1  # two workers consume twice the rows
     one_epoch = masked_datasets({"train": rows}, stage, epochs=1)["train"]
     assert one_epoch.count() >= longest > sequences // BATCH // 2
+    longest_in_two = max(s for s in range(1, 3 * sequences) if epochs_needed(s, BATCH, 1, sequences) == 2)
+    assert masked_datasets({"train": rows}, stage, epochs=2)["train"].count() >= longest_in_two > longest
 
 
 def test_held_out_batches_are_the_first_rows_masked_as_their_own_epoch(packed_ids, tokenizer, tmp_path: Path) -> None:
