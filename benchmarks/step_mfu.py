@@ -8,7 +8,7 @@ GEMM shapes, hybrid / MLM step ratios, and our MLM step against Hugging Face `Be
                                                          # analytic FLOPs vs torch's FlopCounterMode
 
 Variants (same encoder size, batch, real packed Wikipedia rows; fp32):
-  mlm, hybrid-p1, hybrid-p2   what a Ray worker runs per step: harness.pretrain.train_step (the objective's forward,
+  mlm, hybrid-p1, hybrid-p2   what a Ray worker runs per step: harness.step.train_step (the objective's forward,
                               backward, clipping, fused AdamW, the EMA update) on a batch whose masks were drawn by
                               harness.stream's masking stage (as Ray Data draws them), unpacked as the worker gets it
   hf-mlm                      BertForMaskedLM (SDPA), the same masked positions as labels, the vocabulary head and the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from eval.embed import TokenStates
 
 POOLINGS = ("cls", "mean", "max", "weighted", "attention")
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
 def cls(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,12 @@ def weighted(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     position = torch.cumsum(mask.to(h.dtype), 1) * mask  # 1..n on real tokens, 0 on padding
     w = position / position.sum(1, keepdim=True)
     return (h * w.unsqueeze(-1)).sum(1)
+
+
+def pair_features(u: Array, v: Array) -> Array:
+    """The features of a sentence pair, [u, v, |u - v|, u * v] (numpy arrays or tensors, last axis)."""
+    parts = [u, v, abs(u - v), u * v]
+    return torch.cat(parts, dim=-1) if isinstance(u, torch.Tensor) else np.concatenate(parts, axis=-1)
 
 
 class AttentionPooler(nn.Module):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,17 +27,9 @@ from torch import nn
 
 from eval.config import ProbeConfig, ReferenceSwitches
 from eval.embed import TokenStates
-from eval.pooling import AttentionPooler, pool_texts
+from eval.pooling import AttentionPooler, pair_features, pool_texts
 from eval.scores import SCORES
 from eval.tasks import TaskSpec
-
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
-
-
-def pair_features(u: Array, v: Array) -> Array:
-    """The features of a sentence pair, [u, v, |u - v|, u * v] (numpy arrays or tensors, last axis)."""
-    parts = [u, v, abs(u - v), u * v]
-    return torch.cat(parts, dim=-1) if isinstance(u, torch.Tensor) else np.concatenate(parts, axis=-1)
 
 
 @dataclass

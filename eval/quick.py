@@ -20,10 +20,8 @@ import numpy as np
 import torch
 
 from eval.embed import padded_batches
-from eval.pooling import mean
-from eval.probes import pair_features
+from eval.pooling import mean, pair_features
 from eval.scores import SCORES
-from eval.tasks import load_task
 
 RIDGE = 1.0  # penalty on standardised features, relative to the number of train examples
 
@@ -51,6 +49,8 @@ def build_quick_probe(tasks: tuple[str, ...], glue_dir: Path | None, tokenizer, 
                       max_len: int, seed: int = 0) -> list[QuickTask]:
     """Tokenise, for each task, n_train seeded rows of its TRAIN split to fit on and n_heldout other seeded rows of
     the same TRAIN split to score on (glue_dir=None: the Hub copy). Dev is never read."""
+    from eval.tasks import load_task  # pandas: the driver reads the tasks; the workers that score need none of it
+
     out = []
     for name in tasks:
         data = load_task(name, glue_dir)

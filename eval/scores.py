@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -44,6 +43,8 @@ def pearson(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Pearson correlation of average ranks (ties share their mean rank, as in scipy)."""
+    from scipy.stats import rankdata  # scipy.stats takes ~1 s to import: only where a Spearman is scored
+
     return pearson(rankdata(y_true, axis=-1), rankdata(y_pred, axis=-1))
 
 

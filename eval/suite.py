@@ -29,7 +29,7 @@ import pandas as pd
 from eval import geometry as geo
 from eval.config import SUITE_DEFAULTS, SuiteConfig
 from eval.embed import StateCache, check_encoder, encoder_key, load_encoder
-from eval.pooling import pool_texts, reference_poolers
+from eval.pooling import pair_features, pool_texts, reference_poolers
 from eval.probes import (
     REFERENCE_PROBES,
     ProbeResult,
@@ -37,7 +37,6 @@ from eval.probes import (
     dev_cv_probe,
     fit_probe,
     fit_reference_probe,
-    pair_features,
 )
 from eval.scores import SCORES
 from eval.stats import Measure, average_draws, bootstrap_indices, counts, percentile_ci

@@ -115,9 +115,25 @@ class LastStepASHA(AsyncHyperBandScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
 
+class ReportToMLflow(UserCallback):
+    """Logs rank 0's reports (every log step) to one MLflow run, from the Train controller (harness.tracking.
+    log_report). Kept here rather than in harness.tracking: the controller unpickles its callbacks before it starts
+    the workers, and MLflow's import (a second or more) then waits for the first report instead."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri = uri
+        self.run_id = run_id
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        from harness import tracking
+
+        tracking.log_report(self.uri, self.run_id, metrics[0])
+
+
 class ForwardEvalReports(TuneReportCallback):
     """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric), the last step's
-    marked as such (ASHA never stops a trial there); every report reaches MLflow anyway (tracking.ReportToMLflow).
+    marked as such (ASHA never stops a trial there); every report reaches MLflow anyway (ReportToMLflow).
     A trial's Train callback, kept here rather than in harness.trial: Ray Train's controller process unpickles it,
     and this module imports far less."""
 

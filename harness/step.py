@@ -1,4 +1,4 @@
-"""The optimisation step and what sets it up, without Ray: the training loop (harness.pretrain) and the step
+"""The optimisation step and what sets it up, without Ray: the training loop (harness.worker) and the step
 benchmarks (benchmarks/step_mfu.py, benchmarks/gpu_throughput.py) run the same code, and a machine without Ray
 can time it."""
 

@@ -15,16 +15,19 @@ sees exactly the batches and masks of the uninterrupted run.
 from __future__ import annotations
 
 import math
+import pickle
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from harness.pickled_call import pickled_call
 from objectives.masking import MaskedBatch, MaskPlan, SpecialTokens, mask_batch
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 STAT_PREFIX = "stat_"  # a column per mask statistic (objectives.masking's batch.stats)
 VAL_EPOCH = -1  # the held-out batches' masks: fixed, as if drawn in an epoch of their own
 SHUFFLE_BATCHES = 8  # the local shuffle mixes the rows of this many consecutive batches
+Item = TypeVar("Item")
+_END = object()
 
 
 def derived_seed(*parts: int) -> int:
@@ -139,10 +144,13 @@ def masked_datasets(prepared: dict[str, ray.data.Dataset], stage: MaskingStage, 
     """{"train": `epochs` passes over the train split, masked}; with `batches`, only the stream's first `batches`
     batches (a run's steps x workers): Ray Data stops reading and masking once they are made, instead of running
     ahead into epochs no step will see (and polling, backpressured, until the run ends). The held-out batches do
-    not stream: `held_out`."""
-    chunk = stage.batch_size * SHUFFLE_BATCHES
-    train = [prepared["train"].map_batches(mask_rows, batch_size=chunk, batch_format="numpy",
-                                           fn_kwargs={"stage": stage, "epoch": epoch}) for epoch in range(epochs)]
+    not stream: `held_out`.
+
+    The plan holds `mask_rows` and the stage pickled to bytes (harness.pickled_call): the processes that only hold
+    the plan import neither torch nor the objectives."""
+    chunk, call = stage.batch_size * SHUFFLE_BATCHES, pickle.dumps((mask_rows, (stage,)))
+    train = [prepared["train"].map_batches(pickled_call, batch_size=chunk, batch_format="numpy",
+                                           fn_kwargs={"call": call, "epoch": epoch}) for epoch in range(epochs)]
     stream = train[0].union(*train[1:]) if len(train) > 1 else train[0]
     return {"train": stream if batches is None else stream.limit(batches)}
 
@@ -171,6 +179,23 @@ def held_out(prepared_dir: str | Path, stage: MaskingStage, batches: int) -> lis
         for i in range(len(rows.get("epoch", []))):
             out.append(unpack({k: torch.from_numpy(np.asarray(v[i: i + 1])) for k, v in rows.items()})[0])
     return out[:batches]
+
+
+def started(items: Iterator[Item]) -> Iterator[Item]:
+    """`items`, its first item fetched from now on by a background thread while the caller goes on: a worker starts
+    its stream before it builds its model, so Ray Data's start-up (its coordinator, the listing, the first read and
+    masks, each in other processes) overlaps the build. The caller fetches the later items itself."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="first-batch")
+    first = pool.submit(next, items, _END)
+    pool.shutdown(wait=False)  # its thread ends once the item is there
+
+    def chained() -> Iterator[Item]:
+        item = first.result()  # the fetch's exception, if any, raises here
+        if item is not _END:
+            yield item
+            yield from items
+
+    return chained()
 
 
 def device_batches(shard: ray.data.DataIterator, device: torch.device, prefetch_batches: int = 2

@@ -3,8 +3,8 @@
 - `check_reachable` fails at start (not after hours) when the store or server cannot be used.
 - `training_run` opens the run of one pre-training run (flattened config as params, the config YAML)
   and ends it FINISHED, or FAILED when it raised or diverged.
-- `ReportToMLflow` is a Ray Train callback: it runs on the Train controller, which Ray pins to the
-  driver's node, so per-step metrics reach a tracking server bound to 127.0.0.1 on the head.
+- `log_report` logs a Train report; harness.launch.ReportToMLflow calls it on the Train controller, which
+  Ray pins to the driver's node, so per-step metrics reach a tracking server bound to 127.0.0.1 on the head.
 - Studies: a parent run per study, a child run per Tune trial found again by its trial id (a resumed
   study reopens both instead of duplicating them); `CloseStoppedTrials` is a Tune callback that tags
   and ends the child runs of trials stopped early by the scheduler.
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -30,7 +31,6 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from ray.train import UserCallback
 from ray.tune import Callback
 
 
@@ -257,23 +257,19 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-class ReportToMLflow(UserCallback):
-    """Logs rank 0's reported metrics (every log step) to one MLflow run, from the Train controller."""
+def log_report(uri: str, run_id: str, reported: Mapping[str, Any]) -> None:
+    """Log a Train report's finite numbers to a run at the report's step (harness.launch.ReportToMLflow)."""
+    step = int(reported.get("step", 0))
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in reported.items()
+             if isinstance(value, int | float) and math.isfinite(float(value))]
+    if batch:
+        _client(uri).log_batch(run_id, metrics=batch)
 
-    def __init__(self, uri: str, run_id: str):
-        self.uri = uri
-        self.run_id = run_id
-        self._client: MlflowClient | None = None
 
-    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        self._client = self._client or MlflowClient(self.uri)
-        reported = metrics[0]
-        step = int(reported.get("step", 0))
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, step) for key, value in reported.items()
-                 if isinstance(value, int | float) and math.isfinite(float(value))]
-        if batch:
-            self._client.log_batch(self.run_id, metrics=batch)
+@functools.lru_cache(maxsize=8)
+def _client(uri: str) -> MlflowClient:
+    return MlflowClient(uri)  # one per store and process: a sqlite store opens its engine once
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -88,3 +88,23 @@ def test_what_each_package_really_loads() -> None:
         assert proc.returncode == 0, package
         wrong = loaded & {*PROJECT, "ray", "mlflow"} - ALLOWED[package] - {package}
         assert not wrong, f"importing {package}/ loads {sorted(wrong)}"
+
+
+# What Ray's processes import to run their part of a run, and what they must not: every extra second is paid per
+# run (per trial) before the first step, by processes that queue for the same cores.
+PROCESS_MODULES = {
+    # every Train worker, before its first step
+    "harness.worker": {"mlflow", "sklearn", "scipy.stats", "optuna", "transformers"},
+    # Train's controller, which unpickles the callbacks before it starts the workers
+    "harness.launch": {"mlflow", "sklearn", "transformers", "harness.tracking", "harness.pretrain"},
+    # Train's DatasetManager and Ray Data's SplitCoordinator, which unpickle the stream's plan
+    "harness.pickled_call": {"torch", "objectives", "harness.stream", "ray"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(PROCESS_MODULES))
+def test_the_modules_ray_processes_import_leave_out_what_they_never_run(module: str) -> None:
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.split())
+    assert not PROCESS_MODULES[module] & loaded, f"importing {module} loads {sorted(PROCESS_MODULES[module] & loaded)}"

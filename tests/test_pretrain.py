@@ -9,9 +9,10 @@ from transformers import AutoModel
 
 from harness import tracking
 from harness.config import load_config
-from harness.pretrain import STATE_FILE, FailOnceAt, run_pretraining
+from harness.pretrain import run_pretraining
 from harness.step import lr_multiplier
 from harness.tracking import TrackingError
+from harness.worker import STATE_FILE, FailOnceAt
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
 
@@ -156,7 +157,7 @@ def test_divergence_ends_the_run_with_its_step(out: Path) -> None:
 
 
 def test_meter_means_host_and_device_metrics_and_finds_the_first_bad_step() -> None:
-    from harness.pretrain import Meter
+    from harness.worker import Meter
 
     meter = Meter(torch.device("cpu"))
     meter.add({"loss": torch.tensor(2.0), "ctx_len": 10.0}, step=0, loss=torch.tensor(2.0))

@@ -20,6 +20,7 @@ from harness.stream import (
     held_out,
     mask_rows,
     masked_datasets,
+    started,
     to_device,
     unpack,
 )
@@ -130,6 +131,56 @@ def test_one_epoch_holds_every_run_that_epochs_needed_gives_one(ray_session, pac
     assert one_epoch.count() >= longest > sequences // BATCH // 2
     longest_in_two = max(s for s in range(1, 3 * sequences) if epochs_needed(s, BATCH, 1, sequences) == 2)
     assert masked_datasets({"train": rows}, stage, epochs=2)["train"].count() >= longest_in_two > longest
+
+
+def test_a_started_stream_fetches_its_first_item_before_anyone_asks() -> None:
+    """A worker starts its stream, then builds its model: the first item is fetched meanwhile, the items come in
+    order, and a failed fetch raises where the item is asked for."""
+    import threading
+
+    fetching = threading.Event()
+
+    def items():
+        fetching.set()
+        yield from range(3)
+
+    stream = started(items())
+    assert fetching.wait(timeout=60)  # a bound for a stuck thread, not a speed: nothing asked for an item yet
+    assert list(stream) == [0, 1, 2]
+    assert list(started(iter(()))) == []
+
+    def broken():
+        raise OSError("shard unreadable")
+        yield
+
+    failing = started(broken())
+    with pytest.raises(OSError, match="shard unreadable"):
+        next(failing)
+
+
+def test_the_streams_plan_unpickles_without_torch_or_the_objectives(ray_session, packed_ids, tokenizer,
+                                                                  tmp_path: Path) -> None:
+    """Train's DatasetManager and Ray Data's SplitCoordinator unpickle the plan and never run it: the real plan of a
+    masked stream, unpickled in a fresh interpreter, imports no torch, no objectives, no harness.stream."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.cloudpickle
+    import ray.data
+
+    ids = packed_ids(4 * BATCH, 64).numpy().astype(np.int32)
+    pq.write_table(pa.table({"input_ids": list(ids)}), tmp_path / "rows.parquet")
+    train = masked_datasets({"train": ray.data.read_parquet(str(tmp_path / "rows.parquet"))}, stage_for(tokenizer),
+                            epochs=2, batches=3)["train"]
+    (tmp_path / "plan.pkl").write_bytes(ray.cloudpickle.dumps(train))
+    code = ("import sys, ray.cloudpickle; ray.cloudpickle.loads(open(sys.argv[1], 'rb').read()); "
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code, str(tmp_path / "plan.pkl")], capture_output=True,
+                                text=True, check=True).stdout.split())
+    assert "ray.data" in loaded and not {"torch", "objectives", "harness.stream"} & loaded
+    assert train.count() == 3  # and the plan still masks
 
 
 def test_held_out_batches_are_the_first_rows_masked_as_their_own_epoch(packed_ids, tokenizer, tmp_path: Path) -> None:
