@@ -10,7 +10,8 @@ at the last step only) through the real study engine, and reads from each trial'
   perf/worker_setup_s      the worker's start to its first step (build the model, read the held-out batches)
   and the other phases of a trial (breakdown below), whose medians it prints as a table
   perf/eval_<protocol>_wall_s  the full evaluation under each protocol (--protocols harness reference)
-Overhead is reported against both walls; medians over trials.
+Overhead is reported against both walls, and as the engine's own share: the trial's wall less its steps and less
+the measurements the study asks for (validation, the quick probe, the evaluation suite); medians over trials.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def main() -> None:
     for run_id in result.table["run_id"]:
         m = tracking.read_run(result.tracking_uri, run_id)["metrics"]
         wall, train_wall, steps = m["perf/trial_wall_s"], m["perf/trial_train_wall_s"], m["perf/train_time_s"]
-        rows.append((wall, train_wall, steps, (wall - steps) / wall, (train_wall - steps) / train_wall))
+        measuring = m["perf/validate_s"] + suite_wall(m)
+        rows.append((wall, train_wall, steps, (wall - steps) / wall, (train_wall - steps) / train_wall,
+                     (wall - steps - measuring) / wall))
         evals = ", ".join(f"{p} {m[f'perf/eval_{p}_wall_s']:.1f} s" for p in args.protocols)
         print(f"trial wall {wall:.1f} s, pre-training wall {train_wall:.1f} s, sum of steps {steps:.1f} s: "
               f"overhead {rows[-1][3]:.1%} of the trial, {rows[-1][4]:.1%} of pre-training; last log interval: "
@@ -62,7 +65,8 @@ def main() -> None:
         phases.append(breakdown(m))
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median over {len(rows)} trials: trial wall {med[0]:.1f} s, pre-training wall {med[1]:.1f} s, "
-          f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only)")
+          f"steps {med[2]:.1f} s, overhead {med[3]:.1%} (whole trial), {med[4]:.1%} (pre-training only), "
+          f"{med[5]:.1%} (the engine's own: less validation, quick probe and evaluation suite)")
     print("where a trial's time goes (median s):")
     for phase in phases[0]:
         print(f"  {phase:<66} {statistics.median(p[phase] for p in phases):7.1f}")
@@ -90,9 +94,15 @@ def breakdown(m: dict[str, float]) -> dict[str, float]:
         "last checkpoint, fit() returns": m["perf/fit_wall_s"] - sum(m[k] for k in in_fit),
         "export (copy, tokenizer, MLflow artifact)": m["perf/export_s"],
         "evaluation task": m["perf/eval_task_s"],
-        "  of which the suite": sum(v for k, v in m.items() if k.startswith("perf/eval_") and k.endswith("_wall_s")),
+        "  of which the suite": suite_wall(m),
         "logging the evaluation": m["perf/trial_log_s"],
     }
+
+
+def suite_wall(m: dict[str, float]) -> float:
+    """The evaluation suite's wall time, summed over the trial's protocols."""
+    return sum(v for k, v in m.items() if k.startswith("perf/eval_") and k.endswith("_wall_s"))
+
 
 if __name__ == "__main__":
     main()

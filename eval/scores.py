@@ -41,11 +41,29 @@ def pearson(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, ties sharing their mean rank; a row with a NaN is all NaN (scipy.stats.
+    rankdata's defaults, without importing scipy.stats: 1.4 s of a training worker's quick probe)."""
+    x = np.asarray(x)
+    n = x.shape[-1]
+    order = np.argsort(x, axis=-1, kind="stable")
+    ordered = np.take_along_axis(x, order, -1)
+    starts = np.ones(x.shape, dtype=bool)  # where a run of equal values begins, in sorted order
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    ends = np.ones(x.shape, dtype=bool)
+    ends[..., :-1] = starts[..., 1:]
+    position = np.broadcast_to(np.arange(n), x.shape)
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, position, n - 1), -1), axis=-1), -1)
+    ranks = np.empty(x.shape, dtype=float)
+    np.put_along_axis(ranks, order, (first + last) / 2 + 1, -1)
+    ranks[np.isnan(x).any(-1)] = np.nan
+    return ranks
+
+
 def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Pearson correlation of average ranks (ties share their mean rank, as in scipy)."""
-    from scipy.stats import rankdata  # scipy.stats takes ~1 s to import: only where a Spearman is scored
-
-    return pearson(rankdata(y_true, axis=-1), rankdata(y_pred, axis=-1))
+    return pearson(average_ranks(y_true), average_ranks(y_pred))
 
 
 SCORES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

@@ -38,6 +38,16 @@ def test_correlations_match_scipy_including_ties():
     assert scores.spearman(y, p) == pytest.approx(spearmanr(y, p)[0])
 
 
+def test_average_ranks_match_scipy_with_ties_nans_and_replicates():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(10)
+    tied = rng.integers(0, 6, (5, 40)).astype(float)  # many ties in every row
+    tied[3, 7] = np.nan
+    for x in (tied, tied[0], rng.standard_normal(33), np.zeros(4), np.array([2.0])):
+        np.testing.assert_array_equal(scores.average_ranks(x), rankdata(x, axis=-1))
+
+
 def test_scores_are_vectorised_over_bootstrap_replicates():
     rng = np.random.default_rng(8)
     y, p = rng.integers(0, 2, 100), rng.integers(0, 2, 100)
