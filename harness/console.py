@@ -63,7 +63,8 @@ def local_ray_environment() -> None:
     from the cluster, and its cluster's settings.
 
     Footers: Ray Data lists a parquet directory with `RAY_DATA_PARQUET_FOOTER_NUM_ACTORS` actors (32 by default, each
-    a process): on one machine they cost more to start than the few prepared shards take to read.
+    a process) when it reads with its default reader (preparation does): on one machine they cost more to start than
+    a few shards take to read.
 
     Preemption: Ray Train starts a `PreemptionWatcher` actor (a process) whenever it starts a worker group, to report
     the nodes that a cloud takes back; one machine has none to lose, so `RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`.

@@ -366,11 +366,20 @@ def read_manifest(prepared_dir: Path) -> dict[str, Any]:
 
 def read_prepared(prepared_dir: Path, splits: Sequence[str] = SPLITS) -> dict[str, ray.data.Dataset]:
     """The prepared datasets of `splits` ("train", "val"): one column input_ids (see the module doc on row order).
-    Ask only for the splits you stream: Ray Data lists each one's files when it is read (a task and an actor)."""
+
+    Read with Ray Data's file-based parquet reader (`DataContext.use_datasource_v2 = False` for these reads only):
+    it reads the few footers of a preparation here, where the read is planned. Ray Data 2.60's default reader lists
+    them at the stream's start in a task and a `FooterReader` actor, two more processes on the way to a run's first
+    batch (BENCHMARKS.md "A stream's first batch": 6.9 -> 4.2 s on the development machine)."""
     import ray.data
 
     read_manifest(prepared_dir)
-    return {split: ray.data.read_parquet(str(Path(prepared_dir) / split), partitioning=None) for split in splits}
+    context = ray.data.DataContext.get_current()
+    default, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return {split: ray.data.read_parquet(str(Path(prepared_dir) / split), partitioning=None) for split in splits}
+    finally:
+        context.use_datasource_v2 = default
 
 
 def main(argv: Sequence[str] | None = None) -> None:

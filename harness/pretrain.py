@@ -1,5 +1,5 @@
 """Pre-training on Ray Train: the CLI and driver that prepare the data, open the MLflow run and launch the one
-training loop (harness.worker.train_loop_per_worker) on Ray Train's workers.
+training loop (harness.worker_entry.train_loop_per_worker, then harness.worker) on Ray Train's workers.
 
     python -m harness.pretrain --config studies/configs/small.yaml [dotted.key=value ...]
 
@@ -37,7 +37,8 @@ from harness.costs import warn_if_costly
 from harness.launch import ReportToMLflow, build_trainer
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
 from harness.stream import MaskingStage, epochs_needed, masked_datasets
-from harness.worker import ENCODER_DIR, check_compatible, read_checkpoint, train_loop_per_worker
+from harness.worker import ENCODER_DIR, check_compatible, read_checkpoint
+from harness.worker_entry import train_loop_per_worker
 from objectives import mask_plan
 from objectives.masking import SpecialTokens
 

@@ -1,4 +1,5 @@
-"""The ONE training loop, run by every Ray Train worker: `train_loop_per_worker` and its parts, with checkpoints.
+"""The ONE training loop, run by every Ray Train worker (`train_loop`, from harness.worker_entry) and its parts, with
+checkpoints.
 
 Each worker streams its shard of MASKED batches (Ray Data draws the masks: harness.stream), moves each to its
 device once, and runs the objective from the registry. The step has no host-device sync: metrics are summed on
@@ -10,9 +11,9 @@ the quick probe, report_and_checkpoint. Randomness is a pure function of the see
 checkpoint therefore needs no RNG state beyond the step and stream counters, and resuming reproduces the
 uninterrupted run (exactly so with one worker, whose data order is fixed).
 
-A module of its own because every worker process imports it before its first step: it imports what the loop
-runs (torch, Ray Train, the objectives, the quick probe), not the driver's MLflow, Tune, data preparation or
-scikit-learn.
+A module of its own because every worker process imports it before its first step (harness.worker_entry does, once
+the worker's stream has started): it imports what the loop runs (torch, Ray Train, the objectives, the quick probe),
+not the driver's MLflow, Tune, data preparation or scikit-learn.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from harness.step import (
     train_step,
     worker_threads,
 )
-from harness.stream import MaskingStage, derived_seed, device_batches, held_out, started, to_device
+from harness.stream import MaskingStage, derived_seed, held_out, to_device
 from models import export_encoder, momentum_at
 from objectives import PretrainModule, train_flops_per_step
 from objectives.masking import MaskedBatch
@@ -280,18 +281,16 @@ def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, expor
                      else ray.train.CheckpointUploadMode.SYNC)
 
 
-def train_loop_per_worker(loop: dict[str, Any]) -> None:
-    entered = time.perf_counter()
+def train_loop(loop: dict[str, Any], batches: Iterator[tuple[MaskedBatch, int]], entered: float,
+               worker_start_s: float) -> None:
+    """The loop of `harness.worker_entry.train_loop_per_worker`, which started `batches` (this worker's stream) at
+    `entered` (perf_counter), worker_start_s after the driver's fit()."""
     # Where a run's time goes besides its steps (seconds, summed over the run so far; BENCHMARKS.md "Tune overhead").
-    # worker_start_s: the driver's fit() to this loop (wall clocks: across machines, as good as their sync; after a
-    # worker failure it includes the failed attempt).
-    phases = {"perf/worker_start_s": time.time() - loop["fit_called_at"], "perf/peak_s": 0.0, "perf/validate_s": 0.0,
-              "perf/report_s": 0.0}
+    phases = {"perf/worker_start_s": worker_start_s, "perf/peak_s": 0.0, "perf/validate_s": 0.0, "perf/report_s": 0.0}
     own_logging()  # a worker process: its progress lines reach the driver's console
     quiet_libraries()
     cfg = config_from_dict(loop["config"])
-    # The stream starts first: Ray Data's start-up runs in its processes while this one builds the model.
-    batches = started(device_batches(ray.train.get_dataset_shard("train"), ray.train.torch.get_device()))
+    # Ray Data's start-up runs in its processes while this one builds the model and reads the held-out batches.
     w = set_up(cfg)
     o, t = cfg.optim, cfg.train
     val_batches = None

@@ -95,6 +95,8 @@ def test_what_each_package_really_loads() -> None:
 PROCESS_MODULES = {
     # every Train worker, before its first step
     "harness.worker": {"mlflow", "sklearn", "scipy.stats", "optuna", "transformers"},
+    # ... which the entry imports only once the worker's stream has started
+    "harness.worker_entry": {"harness.worker", "harness.step", "torch._dynamo", "eval.quick", "mlflow", "transformers"},
     # Train's controller, which unpickles the callbacks before it starts the workers
     "harness.launch": {"mlflow", "sklearn", "transformers", "harness.tracking", "harness.pretrain"},
     # Train's DatasetManager and Ray Data's SplitCoordinator, which unpickle the stream's plan

@@ -126,6 +126,27 @@ def test_manifest_counts_match_the_shards(prepared: Path, spec: DataSpec) -> Non
         assert counts[split]["tokens"] == counts[split]["sequences"] * SEQ_LEN
 
 
+def test_the_prepared_splits_stream_without_a_listing_task_or_footer_actor(prepared: Path) -> None:
+    """read_prepared plans its reads with Ray Data's file-based parquet reader: streaming a split starts no ListFiles
+    task and no FooterReader actor (each a process on the way to a run's first batch), yields the split's rows, and
+    leaves Ray Data's default reader on for every other read."""
+    import ray.data
+    from ray.util.state import list_actors, list_tasks
+
+    def listing_processes() -> tuple[int, int]:
+        return (len(list_actors(filters=[("class_name", "=", "FooterReader")], limit=10_000)),
+                len(list_tasks(filters=[("name", "=", "ListFiles")], limit=10_000)))
+
+    default = ray.data.DataContext.get_current().use_datasource_v2
+    before = listing_processes()
+    train = read_prepared(prepared, ["train"])["train"]
+    assert ray.data.DataContext.get_current().use_datasource_v2 == default
+    streamed = np.stack([row["input_ids"] for row in train.iter_rows()])
+    expected = _rows(prepared / "train")
+    assert sorted(map(tuple, streamed.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert listing_processes() == before
+
+
 def test_second_prepare_is_a_no_op(prepared: Path, spec: DataSpec) -> None:
     before = _snapshot(prepared.parent)
     assert prepare(spec, prepared.parent) == prepared

@@ -1,6 +1,8 @@
 """The masked stream: Ray Data draws the masks (a pure function of seed, epoch and batch identity), and one
 boundary moves each batch from the CPU to the device."""
 
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -158,13 +160,48 @@ def test_a_started_stream_fetches_its_first_item_before_anyone_asks() -> None:
         next(failing)
 
 
+SLOW_MODULE = """
+import os, _thread, time
+
+def identity(batch):
+    return batch
+
+if os.environ.get("INTERRUPT_IMPORT"):
+    _thread.interrupt_main()  # as Ray cancels a running task: KeyboardInterrupt in the main thread
+    time.sleep(0.2)  # the interrupt arrives here, inside the import
+WHOLE = True
+"""
+
+
+def test_a_task_cancelled_while_its_map_function_imports_leaves_the_import_whole(tmp_path: Path) -> None:
+    """Ray Data cancels the map tasks in flight when a stream ends, and Ray keeps their processes for later tasks.
+    A cancellation that lands in the map function's first unpickling (torch's import) still raises, but only after
+    the imports are whole, so the process's next task runs."""
+    (tmp_path / "slow_module.py").write_text(SLOW_MODULE)
+    code = """
+import pickle, sys
+sys.path.insert(0, sys.argv[1])
+import slow_module
+call = pickle.dumps((slow_module.identity, ()))
+del sys.modules["slow_module"]
+import os
+os.environ["INTERRUPT_IMPORT"] = "1"
+from harness.pickled_call import pickled_call
+try:
+    pickled_call(1, call)
+except KeyboardInterrupt:
+    print("cancelled")
+print(sys.modules["slow_module"].WHOLE, pickled_call(5, call))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["cancelled", "True", "5"], out.stderr[-2000:]
+
+
 def test_the_streams_plan_unpickles_without_torch_or_the_objectives(ray_session, packed_ids, tokenizer,
                                                                   tmp_path: Path) -> None:
     """Train's DatasetManager and Ray Data's SplitCoordinator unpickle the plan and never run it: the real plan of a
     masked stream, unpickled in a fresh interpreter, imports no torch, no objectives, no harness.stream."""
-    import subprocess
-    import sys
-
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray.cloudpickle
