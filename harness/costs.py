@@ -4,7 +4,7 @@
     estimate.checkpoint_fraction, estimate.eval_fraction, estimate.warning
 
 A checkpoint holds, at fp32, the trained parameters, the EMA target encoder and AdamW's two moments per trained
-parameter (harness.worker.save_checkpoint writes the module's state dict and the optimiser's); it is written by
+parameter (harness.checkpoint.save_checkpoint writes the module's state dict and the optimiser's); it is written by
 rank 0 while every rank waits at the report, so its write time is lost by all workers. A validation pass is
 `train.eval_batches` forward passes on rank 0, also waited for by every rank. Both are amortised over their
 intervals (`train.checkpoint_every`, `train.eval_every`) and compared with the step time.

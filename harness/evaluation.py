@@ -2,7 +2,9 @@
 
 The task's process imports this module only (the eval stack, not the trial's Ray Train, Tune and MLflow stack:
 seconds less to start), writes each protocol's tables to the trial's folder and returns the metrics; the trial
-logs them to its MLflow run.
+logs them to its MLflow run. The trial's process imports this module too, to send `evaluate_suites` to the task:
+the suite's own imports (scikit-learn, SciPy, transformers, matplotlib: seconds of every trial process's start)
+wait until the suite runs.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import transformers
-
-from eval.config import PROTOCOLS
-from eval.report import write_run
-from eval.suite import PROTOCOL_PREFIX, SuiteConfig, headline_metrics, result_metrics, run_suite
+from eval.config import PROTOCOLS, SuiteConfig
 from harness.config import ConfigError
 from harness.console import own_logging, quiet_libraries
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def protocol_suite(suite: SuiteConfig, protocol: str) -> SuiteConfig:
@@ -41,6 +42,8 @@ def eval_folder(protocol: str) -> str:
 def protocol_metrics(results: pd.DataFrame, protocol: str) -> dict[str, float]:
     """A protocol's results as metrics: every row (`eval.suite.result_metrics`) and the headline numbers, named
     with the protocol's prefix (`ref/geom/sst2/mean/uniformity`; none for the harness protocol)."""
+    from eval.suite import PROTOCOL_PREFIX, headline_metrics, result_metrics
+
     metrics = {**result_metrics(results), **headline_metrics(results)}
     stray = [k for k in metrics if not k.startswith(PROTOCOL_PREFIX[protocol])]
     if stray:
@@ -51,6 +54,11 @@ def protocol_metrics(results: pd.DataFrame, protocol: str) -> dict[str, float]:
 def evaluate_suites(encoder: Path, glue_dir: Path | None, suites: Sequence[SuiteConfig], trial_dir: Path, name: str,
                     group: str) -> tuple[dict[str, float], dict[str, float]]:
     """The suite under each protocol, its tables written to the protocol's folder; (metrics, wall seconds)."""
+    import transformers
+
+    from eval.report import write_run
+    from eval.suite import run_suite
+
     own_logging()  # a Ray task's process: the suite's progress lines, once
     quiet_libraries()
     transformers.utils.logging.set_verbosity_error()  # our exports have no pooler: its "MISSING" load report is noise

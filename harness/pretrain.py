@@ -31,13 +31,13 @@ import ray.data
 from ray.train import UserCallback
 
 from harness import tracking
+from harness.checkpoint import ENCODER_DIR, check_compatible, read_checkpoint
 from harness.config import Config, ConfigError, load_config, resolve_location, resolve_path
 from harness.console import init_ray, own_logging, quiet_libraries
 from harness.costs import warn_if_costly
 from harness.launch import ReportToMLflow, build_trainer
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
 from harness.stream import MaskingStage, epochs_needed, masked_datasets
-from harness.worker import ENCODER_DIR, check_compatible, read_checkpoint
 from harness.worker_entry import train_loop_per_worker
 from objectives import mask_plan
 from objectives.masking import SpecialTokens

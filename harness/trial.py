@@ -17,20 +17,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
 from ray import tune
 
-from eval.quick import QuickTask
-from eval.suite import SuiteConfig
 from harness import tracking
 from harness.config import Config, ConfigError
 from harness.evaluation import eval_folder, evaluate_suites
 from harness.launch import LAST_STEP, QUICK_METRIC, SELECTION_PREFIXES, ForwardEvalReports, check_selection
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
+
+if TYPE_CHECKING:
+    from eval.config import SuiteConfig
+    from eval.quick import QuickTask
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ not the driver's MLflow, Tune, data preparation or scikit-learn.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import tempfile
@@ -34,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from eval.quick import quick_probe
+from harness.checkpoint import Progress, read_checkpoint, save_checkpoint
 from harness.config import Config, config_from_dict
 from harness.console import own_logging, progress_line, quiet_libraries
 from harness.perf import peak_flops
@@ -47,60 +47,13 @@ from harness.step import (
     worker_threads,
 )
 from harness.stream import MaskingStage, derived_seed, held_out, to_device
-from models import export_encoder, momentum_at
+from models import momentum_at
 from objectives import PretrainModule, train_flops_per_step
 from objectives.masking import MaskedBatch
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-ENCODER_DIR = "encoder"
-CHECKPOINT_FORMAT = 2  # 2: progress.position counts batches of the whole masked stream
 _NO_BAD_STEP = 2**62
-
-
-@dataclass
-class Progress:
-    step: int = 0  # optimiser steps done
-    epoch: int = 0
-    position: int = 0  # batches of the masked stream (all epochs) already consumed
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(directory: Path, module: PretrainModule, optimizer, scheduler, progress: Progress,
-                    cfg: Config, export: bool) -> None:
-    torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "progress": dataclasses.asdict(progress),
-                "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()}, directory / STATE_FILE)
-    if export:
-        export_encoder(module.nets.encoder, directory / ENCODER_DIR)
-
-
-def read_checkpoint(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint of this harness (no {STATE_FILE}); "
-                                "pass a checkpoint_* directory from a run's Ray results")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
-    except Exception as e:  # noqa: BLE001 - torch raises several types for a corrupt or foreign file
-        raise ValueError(f"{path}: not a readable checkpoint of this harness ({type(e).__name__}: {e})") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this harness reads {CHECKPOINT_FORMAT}")
-    return state
-
-
-def check_compatible(saved: dict[str, Any], cfg: Config) -> None:
-    """A checkpoint must come from the same model and objective (the parameter shapes depend on them)."""
-    ours = cfg.to_dict()
-    keys = [("model", k) for k in ours["model"]] + [("objective", "name"), ("objective", "weighting")]
-    diffs = [f"{a}.{b}: checkpoint {saved[a].get(b)!r}, config {ours[a][b]!r}" for a, b in keys
-             if saved.get(a, {}).get(b) != ours[a][b]]
-    if diffs:
-        raise ValueError("checkpoint comes from another config: " + "; ".join(diffs)
-                         + ". Resume with the checkpoint's config, or start a new run.")
 
 
 # ---------------------------------------------------------------- the training loop

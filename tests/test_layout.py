@@ -97,6 +97,11 @@ PROCESS_MODULES = {
     "harness.worker": {"mlflow", "sklearn", "scipy.stats", "optuna", "transformers"},
     # ... which the entry imports only once the worker's stream has started
     "harness.worker_entry": {"harness.worker", "harness.step", "torch._dynamo", "eval.quick", "mlflow", "transformers"},
+    # a Tune trial's process and the pre-training driver: they read checkpoints and send the evaluation to its task,
+    # and run neither the loop (torch's compiler stack) nor the evaluation suite
+    "harness.trial": {"harness.worker", "torch._dynamo", "eval.suite", "sklearn", "scipy.stats", "transformers",
+                      "matplotlib"},
+    "harness.pretrain": {"harness.worker", "torch._dynamo", "eval.suite", "sklearn", "scipy.stats", "transformers"},
     # Train's controller, which unpickles the callbacks before it starts the workers
     "harness.launch": {"mlflow", "sklearn", "transformers", "harness.tracking", "harness.pretrain"},
     # Train's DatasetManager and Ray Data's SplitCoordinator, which unpickle the stream's plan

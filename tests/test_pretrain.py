@@ -8,11 +8,12 @@ import torch
 from transformers import AutoModel
 
 from harness import tracking
+from harness.checkpoint import STATE_FILE
 from harness.config import load_config
 from harness.pretrain import run_pretraining
 from harness.step import lr_multiplier
 from harness.tracking import TrackingError
-from harness.worker import STATE_FILE, FailOnceAt
+from harness.worker import FailOnceAt
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
 
