@@ -1,5 +1,5 @@
-"""The ONE training loop, run by every Ray Train worker (`train_loop`, from harness.worker_entry) and its parts, with
-checkpoints.
+"""The ONE training loop, run by every Ray Train worker (`train_loop`, from harness.worker_entry), and its parts; its
+checkpoints are written and read through harness.checkpoint.
 
 Each worker streams its shard of MASKED batches (Ray Data draws the masks: harness.stream), moves each to its
 device once, and runs the objective from the registry. The step has no host-device sync: metrics are summed on
