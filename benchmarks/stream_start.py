@@ -7,28 +7,26 @@ Each round builds the masked stream of a run (harness.stream.masked_datasets ove
 40 batches), splits it as Ray Train does for one worker (streaming_split(1, equal=True)) and times from the read's
 planning to the first masked batch on the worker's side (harness.stream.device_batches): Ray Data's coordinator,
 its listing and the first read and masks, each in processes of their own. The two readers alternate within every
-round, after a pause that lets the last round's processes end; medians and their ratio. Ray starts once, as the
-harness starts a local Ray (num_cpus = this machine's cores), on data prepared into a temporary folder.
+round, after a pause that lets the last round's processes end; medians and their ratio. The data is prepared and Ray
+started as a run does (harness.pretrain.prepare_run, into a temporary output folder), the masks are the run's
+(harness.pretrain.masking_stage).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import ray
 import ray.data
 import torch
 
-from harness.config import load_config, resolve_location
-from harness.prepare import load_tokenizer, prepare, read_prepared
+from harness.config import load_config
+from harness.prepare import read_prepared
+from harness.pretrain import masking_stage, prepare_run
 from harness.stream import MaskingStage, device_batches, masked_datasets
-from objectives import mask_plan
-from objectives.masking import SpecialTokens
 
 
 def default_reader(prepared: Path) -> dict[str, ray.data.Dataset]:
@@ -50,17 +48,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--pause", type=float, default=5.0, help="seconds between two streams")
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    data_cfg = dataclasses.replace(cfg.data, source=resolve_location(cfg.data.source),
-                                   tokenizer=resolve_location(cfg.data.tokenizer))
-    ray.init(num_cpus=torch.get_num_threads() or 2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     readers = {"file-based (read_prepared)": read_prepared, "default (DataSourceV2)": default_reader}
     times: dict[str, list[float]] = {name: [] for name in readers}
-    with tempfile.TemporaryDirectory(prefix="bench_stream_start_") as cache:
-        prepared = prepare(data_cfg, Path(cache))
-        specials = SpecialTokens.from_tokenizer(load_tokenizer(data_cfg.tokenizer))
-        stage = MaskingStage(cfg.masking, mask_plan(cfg), specials, cfg.optim.batch_size, cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="bench_stream_start_") as output:
+        run = prepare_run(load_config(args.config, [f"output_dir={output}"]))
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        prepared, stage = run.data_dir, masking_stage(run.cfg, run)
         for round_ in range(args.rounds):
             order = list(readers) if round_ % 2 == 0 else list(reversed(readers))
             for name in order:
