@@ -6,6 +6,8 @@ scheduled; a pipeline that cannot get a CPU hangs. On GPU nodes give each worker
 two CPUs, and leave the node's other CPUs to Ray Data.
 
 On a local cluster (node address 127.0.0.1) the workers' process group stays on loopback (harness.loopback).
+Train's controller unpickles the process group's config (harness.loopback) and the callbacks (harness.train_callbacks)
+before it starts the workers; neither imports torch, Optuna or MLflow, so the controller starts without them.
 
 ASHA never stops a trial at its last step (LastStepASHA): a trial that trained all its steps is always evaluated.
 Without early stopping (study.scheduler=none) a trial's process serves the next trial (Tune's reuse_actors): it has
@@ -30,15 +32,13 @@ from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 from ray.tune import CLIReporter
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import Config, ConfigError, TrainConfig
 from harness.loopback import LoopbackTorchConfig
+from harness.train_callbacks import LAST_STEP, QUICK_METRIC
 
-QUICK_METRIC = "select/quick_score"  # held-out TRAIN, reported at every eval step; what ASHA stops on
-LAST_STEP = "last_step"  # 1.0 in a trial's reports of its last step (and its final report): ASHA never stops there
 # Tune's console table: result key -> column header. Without them Tune shows a result's first keys (train/ctx_frac...).
 PROGRESS_COLUMNS = {"step": "step", "train/lambda": "λ", QUICK_METRIC: "quick score", "train/loss": "loss"}
 TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
@@ -95,11 +95,6 @@ def build_collective_trainer(loop: Callable[[dict], None], loop_config: dict[str
                         run_config=RunConfig(name=name, storage_path=storage_path))
 
 
-def mark_last_step(result: dict[str, Any], max_steps: int) -> dict[str, Any]:
-    """A trial's training report for Tune, with LAST_STEP: 1.0 at the trial's last step (its optim.max_steps)."""
-    return {**result, LAST_STEP: float(result.get("step", 0) >= max_steps)}
-
-
 class LastStepASHA(AsyncHyperBandScheduler):
     """ASHA that never stops a trial at a report of its last step (marked LAST_STEP).
 
@@ -113,38 +108,6 @@ class LastStepASHA(AsyncHyperBandScheduler):
         if result.get(LAST_STEP):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
-
-
-class ReportToMLflow(UserCallback):
-    """Logs rank 0's reports (every log step) to one MLflow run, from the Train controller (harness.tracking.
-    log_report). Kept here rather than in harness.tracking: the controller unpickles its callbacks before it starts
-    the workers, and MLflow's import (a second or more) then waits for the first report instead."""
-
-    def __init__(self, uri: str, run_id: str) -> None:
-        self.uri = uri
-        self.run_id = run_id
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: ray.train.Checkpoint | None) -> None:
-        from harness import tracking
-
-        tracking.log_report(self.uri, self.run_id, metrics[0])
-
-
-class ForwardEvalReports(TuneReportCallback):
-    """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric), the last step's
-    marked as such (ASHA never stops a trial there); every report reaches MLflow anyway (ReportToMLflow).
-    A trial's Train callback, kept here rather than in harness.trial: Ray Train's controller process unpickles it,
-    and this module imports far less."""
-
-    def __init__(self, max_steps: int) -> None:
-        super().__init__()
-        self.max_steps = max_steps
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
-                     checkpoint: ray.train.Checkpoint | None) -> None:
-        if QUICK_METRIC in metrics[0]:
-            super().after_report(run_context, [mark_last_step(metrics[0], self.max_steps)], checkpoint)
 
 
 class FinalResultOptunaSearch(OptunaSearch):

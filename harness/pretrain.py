@@ -28,6 +28,7 @@ if __name__ == "__main__":  # --help and usage errors answer here, before torch 
 
 import ray
 import ray.data
+from ray import cloudpickle
 from ray.train import UserCallback
 
 from harness import tracking
@@ -35,9 +36,10 @@ from harness.checkpoint import ENCODER_DIR, check_compatible, read_checkpoint
 from harness.config import Config, ConfigError, load_config, resolve_location, resolve_path
 from harness.console import init_ray, own_logging, quiet_libraries
 from harness.costs import warn_if_costly
-from harness.launch import ReportToMLflow, build_trainer
+from harness.launch import build_trainer
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
 from harness.stream import MaskingStage, epochs_needed, masked_datasets
+from harness.train_callbacks import ReportToMLflow
 from harness.worker_entry import train_loop_per_worker
 from objectives import mask_plan
 from objectives.masking import SpecialTokens
@@ -102,11 +104,14 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
     run_dir.mkdir(parents=True, exist_ok=True)
     stage = masking_stage(cfg, prepared)
-    loop_config = {"config": cfg.to_dict(), "quick_probe": quick_tasks, "step_hook": step_hook, "name": name,
-                   "held_out": (str(prepared.data_dir), stage)}
+    # Train's controller unpickles the loop's config with the run's context before it starts the workers; the
+    # masking stage and the quick probe's tasks would make it import torch and the objectives (seconds of every
+    # run's start). So they travel as bytes, which only the workers unpickle (harness.worker_entry).
+    objects = {"quick_probe": quick_tasks, "step_hook": step_hook, "held_out": (str(prepared.data_dir), stage)}
     uri = prepared.tracking_uri
     datasets = masked_stream(cfg, prepared, stage)
-    loop_config["fit_called_at"] = time.time()
+    loop_config = {"config": cfg.to_dict(), "name": name, "pickled": cloudpickle.dumps(objects),
+                   "fit_called_at": time.time()}
     trainer = build_trainer(cfg, train_loop_per_worker, loop_config, datasets, name, storage,
                             [ReportToMLflow(uri, run.run_id), *callbacks])
     result = trainer.fit()

@@ -3,7 +3,7 @@
 - `check_reachable` fails at start (not after hours) when the store or server cannot be used.
 - `training_run` opens the run of one pre-training run (flattened config as params, the config YAML)
   and ends it FINISHED, or FAILED when it raised or diverged.
-- `log_report` logs a Train report; harness.launch.ReportToMLflow calls it on the Train controller, which
+- `log_report` logs a Train report; harness.train_callbacks.ReportToMLflow calls it on the Train controller, which
   Ray pins to the driver's node, so per-step metrics reach a tracking server bound to 127.0.0.1 on the head.
 - Studies: a parent run per study, a child run per Tune trial found again by its trial id (a resumed
   study reopens both instead of duplicating them); `CloseStoppedTrials` is a Tune callback that tags
@@ -258,7 +258,7 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 
 
 def log_report(uri: str, run_id: str, reported: Mapping[str, Any]) -> None:
-    """Log a Train report's finite numbers to a run at the report's step (harness.launch.ReportToMLflow)."""
+    """Log a Train report's finite numbers to a run at the report's step (harness.train_callbacks.ReportToMLflow)."""
     step = int(reported.get("step", 0))
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in reported.items()

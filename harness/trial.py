@@ -26,9 +26,10 @@ from ray import tune
 from harness import tracking
 from harness.config import Config, ConfigError
 from harness.evaluation import eval_folder, evaluate_suites
-from harness.launch import LAST_STEP, QUICK_METRIC, SELECTION_PREFIXES, ForwardEvalReports, check_selection
+from harness.launch import SELECTION_PREFIXES, check_selection
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
+from harness.train_callbacks import LAST_STEP, QUICK_METRIC, ForwardEvalReports
 
 if TYPE_CHECKING:
     from eval.config import SuiteConfig

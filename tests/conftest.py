@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -84,9 +83,8 @@ def ray_session():
 
     # Ray's unix socket paths must stay under 107 bytes: a short dir, not pytest's deep tmp path.
     temp_dir = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
-    # read_parquet starts 32 footer-reading actors per read by default: on 2 cores a cold read took
-    # 14 s with them and 6 s with one. Set before ray.init so the local cluster inherits it.
-    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    # The local cluster inherits what `import harness` (done by every test module) set for a local Ray
+    # (harness.console.local_ray_environment: one parquet footer actor, no preemption watcher, idle processes kept).
     ray.init(
         num_cpus=4,  # logical CPUs: Train workers take fractions, Ray Data's tasks must still fit
         object_store_memory=200 * 1024**2,

@@ -49,7 +49,7 @@ HEAVY = ("torch", "ray", "mlflow", "transformers")
 def cli_env() -> dict[str, str]:
     """The environment of a command run as a user runs it. RAY_ADDRESS=local: a command that starts Ray starts its
     own local instance (never joins one already running on this machine) and stops it when it exits."""
-    return {**os.environ, "RAY_ADDRESS": "local", "HF_HUB_OFFLINE": "1", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+    return {**os.environ, "RAY_ADDRESS": "local", "HF_HUB_OFFLINE": "1"}
 
 
 def cli(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess:

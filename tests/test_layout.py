@@ -102,8 +102,9 @@ PROCESS_MODULES = {
     "harness.trial": {"harness.worker", "torch._dynamo", "eval.suite", "sklearn", "scipy.stats", "transformers",
                       "matplotlib"},
     "harness.pretrain": {"harness.worker", "torch._dynamo", "eval.suite", "sklearn", "scipy.stats", "transformers"},
-    # Train's controller, which unpickles the callbacks before it starts the workers
-    "harness.launch": {"mlflow", "sklearn", "transformers", "harness.tracking", "harness.pretrain"},
+    # Train's controller, which unpickles the callbacks and the process group's config before it starts the workers
+    "harness.train_callbacks": {"torch", "optuna", "mlflow", "sklearn", "transformers", "harness.tracking"},
+    "harness.loopback": {"torch", "optuna", "mlflow"},
     # Train's DatasetManager and Ray Data's SplitCoordinator, which unpickle the stream's plan
     "harness.pickled_call": {"torch", "objectives", "harness.stream", "ray"},
 }

@@ -2,7 +2,8 @@
 
 A real `harness.pretrain` run with two Train workers (so a process group with its store and Gloo's sockets) is
 watched from outside: every half second the listening TCP sockets of its process tree (the driver, GCS, raylet,
-dashboard, agents, workers) are read from /proc. Linux only (/proc/net/tcp).
+dashboard, agents, workers) are read from /proc, and which of Train's processes have torch loaded (its controller
+sets the process group up without it, harness.loopback). Linux only (/proc/net/tcp).
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def listening_by_process(root: int) -> set[tuple[str, str]]:
     return seen
 
 
+def maps_torch(pid: int) -> bool | None:
+    """Whether a process has torch's library loaded (None: the process is gone)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+
+
 def test_a_local_run_listens_on_loopback_only(tmp_path):
     env = cli_env()
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
@@ -91,9 +100,15 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: set[tuple[str, str]] = set()
     processes: set[str] = set()
+    torch_loaded: dict[str, set[bool]] = {"TrainContr": set(), "RayTrainWo": set()}
     while run.poll() is None:
         seen |= listening_by_process(run.pid)
-        processes |= set(process_tree(run.pid).values())
+        tree = process_tree(run.pid)
+        processes |= set(tree.values())
+        for pid, name in tree.items():
+            for kind, loaded in torch_loaded.items():
+                if kind in name and (mapped := maps_torch(pid)) is not None:
+                    loaded.add(mapped)
         time.sleep(0.5)
     output = run.stdout.read()
     assert run.returncode == 0, output[-3000:]
@@ -105,6 +120,8 @@ def test_a_local_run_listens_on_loopback_only(tmp_path):
     # One machine has no node to lose: Train's controller ran, its preemption watcher (a process) did not.
     assert any("TrainContr" in name for name in processes), processes
     assert not any("Preemption" in name for name in processes), processes
+    # The workers set their process group up with torch; the controller did it without importing torch.
+    assert True in torch_loaded["RayTrainWo"] and torch_loaded["TrainContr"] == {False}, torch_loaded
 
 
 def test_a_driver_that_joins_a_cluster_keeps_ray_defaults():

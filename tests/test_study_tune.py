@@ -17,8 +17,9 @@ from ray import cloudpickle, tune
 
 from harness import tracking
 from harness.config import load_config
-from harness.launch import LAST_STEP, QUICK_METRIC, build_tuner, mark_last_step
+from harness.launch import build_tuner
 from harness.study import open_study
+from harness.train_callbacks import LAST_STEP, QUICK_METRIC, mark_last_step
 from harness.trial import TrialSpec
 from studies import lambda_sweep
 

@@ -1,0 +1,51 @@
+"""The callbacks that Ray Train's controller runs after each report: to MLflow, and (in a study) on to Tune.
+
+A module of its own, light to import: the controller unpickles its callbacks before it starts the workers, so what
+this module imports is paid at every run's start. It imports no torch (harness.launch does, through TorchTrainer),
+no Optuna and no MLflow (imported at the first report instead).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train
+from ray.train import UserCallback
+from ray.tune.integration.ray_train import TuneReportCallback
+
+QUICK_METRIC = "select/quick_score"  # held-out TRAIN, reported at every eval step; what ASHA stops on
+LAST_STEP = "last_step"  # 1.0 in a trial's reports of its last step (and its final report): ASHA never stops there
+
+
+def mark_last_step(result: dict[str, Any], max_steps: int) -> dict[str, Any]:
+    """A trial's training report for Tune, with LAST_STEP: 1.0 at the trial's last step (its optim.max_steps)."""
+    return {**result, LAST_STEP: float(result.get("step", 0) >= max_steps)}
+
+
+class ReportToMLflow(UserCallback):
+    """Logs rank 0's reports (every log step) to one MLflow run, from the Train controller (harness.tracking.
+    log_report), which imports MLflow (a second or more) at the first report rather than before the workers start."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri = uri
+        self.run_id = run_id
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        from harness import tracking
+
+        tracking.log_report(self.uri, self.run_id, metrics[0])
+
+
+class ForwardEvalReports(TuneReportCallback):
+    """Forwards to Tune only the reports of eval steps (they carry the quick probe, ASHA's metric), the last step's
+    marked as such (ASHA never stops a trial there); every report reaches MLflow anyway (ReportToMLflow)."""
+
+    def __init__(self, max_steps: int) -> None:
+        super().__init__()
+        self.max_steps = max_steps
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        if QUICK_METRIC in metrics[0]:
+            super().after_report(run_context, [mark_last_step(metrics[0], self.max_steps)], checkpoint)
