@@ -8,6 +8,9 @@ with torch's compiler stack: seconds of every trial process's start).
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,31 @@ def save_checkpoint(directory: Path, module: PretrainModule, optimizer, schedule
                 "scheduler": scheduler.state_dict()}, directory / STATE_FILE)
     if export:
         export_encoder(module.nets.encoder, directory / ENCODER_DIR)
+
+
+RUN_CHECKPOINT = re.compile(r"checkpoint_(\d{8})")  # an in-process run's checkpoint folder: checkpoint_<step>
+
+
+def write_run_checkpoint(run_storage: Path, step: int, keep: int, write: Callable[[Path], None]) -> Path:
+    """A checkpoint of an in-process run (train.in_process) in its run's storage folder, kept as Train's controller
+    keeps a run's checkpoints: `write` fills a partial folder that is then renamed, so a crash never leaves a half
+    checkpoint where a rerun looks; the oldest beyond `keep` are deleted."""
+    final = run_storage / f"checkpoint_{step:08d}"
+    partial = run_storage / f"{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write(partial)
+    shutil.rmtree(final, ignore_errors=True)  # a rerun that failed after this step wrote it once already
+    partial.rename(final)
+    for old in run_checkpoints(run_storage)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def run_checkpoints(run_storage: Path) -> list[Path]:
+    """An in-process run's complete checkpoints, oldest first."""
+    found = [p for p in run_storage.glob("checkpoint_*") if RUN_CHECKPOINT.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: p.name)
 
 
 def read_checkpoint(directory: str | Path) -> dict[str, Any]:

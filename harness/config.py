@@ -103,6 +103,11 @@ class TrainConfig:
     placement: str | None = None
     peak_flops: float | None = None  # per worker, for MFU; None: known GPU peak, or a measured CPU matmul peak
     resume_from: str | None = None  # a checkpoint directory of an earlier run with the same model/objective
+    # Run the loop in the calling process (the driver, or a study's trial) with Ray Train's local mode: no Train
+    # controller and no worker processes to start (seconds of every run on a small machine). One worker only;
+    # harness.pretrain then does what Train's controller does: reports to MLflow and Tune, keeps the checkpoints
+    # under the run's storage, and restarts the loop from the last one after a failure (max_failures).
+    in_process: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "log_every", "eval_batches", "keep_checkpoints"):
@@ -117,6 +122,9 @@ class TrainConfig:
         require(self.peak_flops is None or self.peak_flops > 0, "peak_flops", self.peak_flops, "must be > 0 or null")
         require(self.placement in (None, *PLACEMENTS), "placement", self.placement,
                 f"must be one of {list(PLACEMENTS)} or null")
+        require(not self.in_process or self.num_workers == 1, "in_process", self.in_process,
+                f"runs one worker, in the calling process (num_workers={self.num_workers}): set num_workers=1 "
+                "or in_process=false")
 
     @property
     def checkpoint_async(self) -> bool:

@@ -118,6 +118,7 @@ def quiet_libraries() -> None:
     for name in list(logging.root.manager.loggerDict):
         if "/ray/train/" in name.replace("\\", "/"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # in process (train.in_process): a line per report
 
 
 def init_ray() -> None:

@@ -3,7 +3,8 @@
 Resources: each Train worker asks for `train.cpus_per_worker` CPUs (+1 GPU with train.use_gpu).
 On a 2-CPU machine keep workers fractional (e.g. 2 x 0.5) so Ray Data's readers can still be
 scheduled; a pipeline that cannot get a CPU hangs. On GPU nodes give each worker its GPU and one or
-two CPUs, and leave the node's other CPUs to Ray Data.
+two CPUs, and leave the node's other CPUs to Ray Data. An in-process trial (train.in_process) builds no trainer: its
+own process runs the loop and holds the worker's resources (check_trial_placement, _trial_resources).
 
 On a local cluster (node address 127.0.0.1) the workers' process group stays on loopback (harness.loopback).
 Train's controller unpickles the process group's config (harness.loopback) and the callbacks (harness.train_callbacks)
@@ -139,10 +140,21 @@ def progress_reporter(cfg: Config, grid: bool) -> CLIReporter:
                        max_report_frequency=30, print_intermediate_tables=True)
 
 
-def _trial_resources() -> tune.PlacementGroupFactory:
-    """A trial's own process is light (it waits on its TorchTrainer); on a cluster made from
-    cluster.yaml it is pinned to the head (custom resource "head"), where the MLflow server listens."""
-    bundle = {"CPU": 0.01, **({"head": 0.01} if "head" in ray.cluster_resources() else {})}
+def check_trial_placement(t: TrainConfig, cluster_resources: dict[str, float]) -> None:
+    """In-process trials train in the trial's own process, which a cluster made from cluster.yaml keeps on its head
+    node (custom resource "head"): refused there, before the study starts."""
+    if t.in_process and "head" in cluster_resources:
+        raise ConfigError("train.in_process=True: a study's trials run in processes on the cluster's head node (where "
+                          "MLflow listens), so in-process trials would train there, without GPUs; set "
+                          "train.in_process=false to train on Ray Train workers")
+
+
+def _trial_resources(t: TrainConfig) -> tune.PlacementGroupFactory:
+    """A trial's own process is light (it waits on its TorchTrainer), unless it runs the loop itself (train.in_process):
+    then it holds the worker's CPUs and GPU. On a cluster made from cluster.yaml it is pinned to the head (custom
+    resource "head"), where the MLflow server listens."""
+    own = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})} if t.in_process else {"CPU": 0.01}
+    bundle = {**own, **({"head": 0.01} if "head" in ray.cluster_resources() else {})}
     return tune.PlacementGroupFactory([bundle])
 
 
@@ -174,7 +186,7 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        tune.with_resources(trainable, _trial_resources()),
+        tune.with_resources(trainable, _trial_resources(cfg.train)),
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=s.max_concurrent, reuse_actors=s.scheduler != "asha"),
@@ -184,12 +196,12 @@ def build_tuner(cfg: Config, trainable: Callable, study_dir: Path, callbacks: Se
     )
 
 
-def restore_tuner(study_dir: Path, trainable: Callable) -> tune.Tuner | None:
+def restore_tuner(cfg: Config, study_dir: Path, trainable: Callable) -> tune.Tuner | None:
     """The Tuner of an interrupted study (finished trials are kept, unfinished ones re-run), or None."""
     path = study_dir / TUNE_DIR
     if not tune.Tuner.can_restore(str(path)):
         return None
     _allow_partial_results()
     _use_progress_reporter()  # the reporter is restored with the Tuner
-    return tune.Tuner.restore(str(path), tune.with_resources(trainable, _trial_resources()),
+    return tune.Tuner.restore(str(path), tune.with_resources(trainable, _trial_resources(cfg.train)),
                               resume_unfinished=True, resume_errored=False, restart_errored=False)

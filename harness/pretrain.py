@@ -16,7 +16,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +28,20 @@ if __name__ == "__main__":  # --help and usage errors answer here, before torch 
 
 import ray
 import ray.data
+import ray.train
+import torch
 from ray import cloudpickle
-from ray.train import UserCallback
 
 from harness import tracking
-from harness.checkpoint import ENCODER_DIR, check_compatible, read_checkpoint
+from harness.checkpoint import ENCODER_DIR, check_compatible, read_checkpoint, run_checkpoints
 from harness.config import Config, ConfigError, load_config, resolve_location, resolve_path
 from harness.console import init_ray, own_logging, quiet_libraries
 from harness.costs import warn_if_costly
 from harness.launch import build_trainer
 from harness.prepare import load_tokenizer, prepare, read_manifest, read_prepared
 from harness.stream import MaskingStage, epochs_needed, masked_datasets
-from harness.train_callbacks import ReportToMLflow
-from harness.worker_entry import train_loop_per_worker
+from harness.train_callbacks import ForwardEvalReports, InProcessRun, ReportToMLflow
+from harness.worker_entry import train_in_process, train_loop_per_worker
 from objectives import mask_plan
 from objectives.masking import SpecialTokens
 
@@ -91,12 +92,14 @@ def masked_stream(cfg: Config, prepared: PreparedRun, stage: MaskingStage) -> di
 
 
 def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
-          callbacks: Sequence[UserCallback] = (), quick_tasks: list | None = None,
+          tune_max_steps: int | None = None, quick_tasks: list | None = None,
           step_hook: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
     """Train one run on Ray (logging to the open MLflow `run`), export its encoder to run_dir/encoder.
 
     `cfg` may differ from prepared.cfg in anything but the data section (a study's trial). A Train run
-    whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2).
+    whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2; in process, the
+    latest of harness.checkpoint.run_checkpoints).
+    `tune_max_steps`: a study's trial of that many steps; its eval steps' reports go on to Tune.
     `quick_tasks` (eval.quick.build_quick_probe): run the quick probe on rank 0 at every eval step.
     `step_hook(step, rank, world)`: called before every step (tests inject faults with FailOnceAt)."""
     if cfg.data != prepared.cfg.data:
@@ -104,18 +107,24 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     ray.data.DataContext.get_current().enable_progress_bars = False  # datasets copy it: quiet worker logs
     run_dir.mkdir(parents=True, exist_ok=True)
     stage = masking_stage(cfg, prepared)
+    uri = prepared.tracking_uri
+    in_process = InProcessRun(str(storage / name), uri, run.run_id, tune_max_steps) if cfg.train.in_process else None
     # Train's controller unpickles the loop's config with the run's context before it starts the workers; the
     # masking stage and the quick probe's tasks would make it import torch and the objectives (seconds of every
     # run's start). So they travel as bytes, which only the workers unpickle (harness.worker_entry).
-    objects = {"quick_probe": quick_tasks, "step_hook": step_hook, "held_out": (str(prepared.data_dir), stage)}
-    uri = prepared.tracking_uri
-    datasets = masked_stream(cfg, prepared, stage)
-    loop_config = {"config": cfg.to_dict(), "name": name, "pickled": cloudpickle.dumps(objects),
-                   "fit_called_at": time.time()}
-    trainer = build_trainer(cfg, train_loop_per_worker, loop_config, datasets, name, storage,
-                            [ReportToMLflow(uri, run.run_id), *callbacks])
-    result = trainer.fit()
-    fit_wall_s = time.time() - loop_config["fit_called_at"]
+    pickled = cloudpickle.dumps({"quick_probe": quick_tasks, "step_hook": step_hook, "in_process": in_process,
+                                 "held_out": (str(prepared.data_dir), stage)})
+    callbacks = [] if in_process else [ReportToMLflow(uri, run.run_id),
+                                       *([ForwardEvalReports(tune_max_steps)] if tune_max_steps else [])]
+    fit_called_at = time.time()
+    loop_config = {"config": cfg.to_dict(), "name": name, "pickled": pickled, "fit_called_at": fit_called_at}
+    if in_process:
+        checkpoint = train_here(cfg, loop_config, masked_stream(cfg, prepared, stage), in_process)
+    else:
+        trainer = build_trainer(cfg, train_loop_per_worker, loop_config, masked_stream(cfg, prepared, stage), name,
+                                storage, callbacks)
+        checkpoint = trainer.fit().checkpoint
+    fit_wall_s = time.time() - fit_called_at
     # Every report reached MLflow through the callback; Ray's result only keeps the metrics that
     # came with a checkpoint, and a diverged run ends without one.
     metrics = tracking.read_run(uri, run.run_id)["metrics"]
@@ -127,7 +136,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
         return {**summary, "outcome": "diverged", "note": note}
     exported = time.time()
     encoder = run_dir / ENCODER_DIR  # HF format with its tokenizer: what eval.run reads
-    with result.checkpoint.as_directory() as checkpoint_dir:
+    with checkpoint.as_directory() as checkpoint_dir:
         shutil.copytree(Path(checkpoint_dir) / ENCODER_DIR, encoder, dirs_exist_ok=True)
     prepared.tokenizer.save_pretrained(encoder)
     tracking.log_artifact(encoder, ENCODER_DIR)
@@ -136,7 +145,34 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     keys = ("train/loss", "train/loss_mlm", "train/loss_jepa", "train/lambda", "val/loss_mlm",
             "val/mlm_acc", "val/loss_jepa", "perf/tokens_per_s", "perf/mfu", "perf/data_wait")
     return {**summary, "outcome": "finished", **{k: round(metrics[k], 4) for k in keys if k in metrics},
-            "checkpoint": result.checkpoint.path, "encoder": str(encoder)}
+            "checkpoint": checkpoint.path, "encoder": str(encoder)}
+
+
+def train_here(cfg: Config, loop_config: dict[str, Any], stream: dict[str, ray.data.Dataset],
+               in_process: InProcessRun) -> ray.train.Checkpoint | None:
+    """The loop in this process (train.in_process), without Ray Train: what Train's controller would do for its one
+    worker is done here and in InProcessRun. A failed loop restarts from the run's last checkpoint (or its
+    train.resume_from), up to train.max_failures times. Returns the last checkpoint (a finished run's holds the
+    encoder; a diverged run may have none), as Ray Train's result does."""
+    dataset = stream["train"]
+    dataset.context.execution_options.preserve_order = True  # as Train's DataConfig asks (build_trainer)
+    storage = Path(in_process.storage)
+    for attempt in range(cfg.train.max_failures + 1):
+        saved = run_checkpoints(storage)
+        if saved:
+            resumed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume_from=str(saved[-1])))
+            loop_config = {**loop_config, "config": resumed.to_dict()}
+        try:
+            train_in_process(loop_config, dataset, cfg.train.use_gpu)
+            break
+        except Exception as e:
+            if attempt == cfg.train.max_failures:
+                raise
+            logger.warning("%s: the loop failed (%s: %s); restarting it from its last checkpoint (restart %d of "
+                           "train.max_failures=%d)", loop_config["name"], type(e).__name__, e, attempt + 1,
+                           cfg.train.max_failures)
+    saved = run_checkpoints(storage)
+    return ray.train.Checkpoint.from_directory(str(saved[-1])) if saved else None
 
 
 RUN_KEY_TAG = "config_key"  # a run's identity for resuming on rerun
@@ -158,6 +194,9 @@ def run_pretraining(cfg: Config, run_name: str | None = None, fresh: bool = Fals
     A run of the same config (and name, if given) that was interrupted (Ctrl-C, a crash, a reboot) is continued
     from its last checkpoint under the same MLflow run, as a rerun of the same command expects; `fresh` starts a
     new run instead."""
+    if cfg.train.in_process and cfg.train.use_gpu and not torch.cuda.is_available():
+        raise ConfigError("train.in_process=True with train.use_gpu=True: this process sees no CUDA GPU; run it on a "
+                          "GPU machine, or set train.in_process=false to train on Ray Train's GPU workers")
     prepared = prepare_run(cfg)
     cfg = prepared.cfg
     warn_if_costly(cfg)  # logs when checkpoints and validation passes would take over 5% of the run's time

@@ -37,7 +37,7 @@ from harness.config import Config, ConfigError, resolve_location, resolve_path
 from harness.console import own_logging, quiet_libraries
 from harness.costs import warn_if_costly
 from harness.evaluation import protocol_suite
-from harness.launch import QUICK_METRIC, build_tuner, restore_tuner
+from harness.launch import QUICK_METRIC, build_tuner, check_trial_placement, restore_tuner
 from harness.pretrain import prepare_run
 from harness.space import Space, apply_params, check_space
 from harness.study_report import StudyResult, trial_table, write_report
@@ -86,7 +86,7 @@ class Study:
     def run(self) -> StudyResult:
         start = time.time()
         trainable = tune.with_parameters(run_trial, context=self.context)
-        tuner = restore_tuner(self.context.study_dir, trainable) if self.resumed else None
+        tuner = restore_tuner(self.context.cfg, self.context.study_dir, trainable) if self.resumed else None
         if tuner is None:
             closer = tracking.CloseStoppedTrials(self.context.prepared.tracking_uri, self.cfg.tracking.experiment,
                                                  self.context.parent_run_id, QUICK_METRIC)
@@ -182,6 +182,7 @@ def open_study(cfg: Config, space: Space | None = None, grid: list[TrialSpec] | 
         prepared = prepare_run(cfg)
     except ValueError as e:  # e.g. a tokenizer larger than model.vocab_size, a checkpoint of another model
         raise ConfigError(str(e)) from None
+    check_trial_placement(cfg.train, ray.cluster_resources())
     warn_if_crowded(cfg)
     warn_if_costly(prepared.cfg)
     quick = build_quick_probe(cfg.eval.quick_tasks, glue_dir, prepared.tokenizer,

@@ -1,4 +1,5 @@
-"""The callbacks that Ray Train's controller runs after each report: to MLflow, and (in a study) on to Tune.
+"""The callbacks that Ray Train's controller runs after each report: to MLflow, and (in a study) on to Tune; and
+InProcessRun, which does the same for a loop in the calling process (train.in_process).
 
 A module of its own, light to import: the controller unpickles its callbacks before it starts the workers, so what
 this module imports is paid at every run's start. It imports no torch (harness.launch does, through TorchTrainer),
@@ -7,6 +8,7 @@ no Optuna and no MLflow (imported at the first report instead).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
@@ -49,3 +51,24 @@ class ForwardEvalReports(TuneReportCallback):
                      checkpoint: ray.train.Checkpoint | None) -> None:
         if QUICK_METRIC in metrics[0]:
             super().after_report(run_context, [mark_last_step(metrics[0], self.max_steps)], checkpoint)
+
+
+@dataclass(frozen=True)
+class InProcessRun:
+    """What Train's controller and its callbacks do, for a loop that runs in the calling process without Ray Train
+    (train.in_process): where the run keeps its checkpoints, and where each report goes (MLflow, and in a study's
+    trial, as ForwardEvalReports does, Tune)."""
+
+    storage: str  # the run's folder in Train's storage (harness.checkpoint.write_run_checkpoint)
+    uri: str
+    run_id: str
+    tune_max_steps: int | None  # a study's trial: forward its eval steps to Tune; None: a run of harness.pretrain
+
+    def after_report(self, metrics: dict[str, Any]) -> None:
+        from harness import tracking
+
+        tracking.log_report(self.uri, self.run_id, metrics)
+        if self.tune_max_steps is not None and QUICK_METRIC in metrics:
+            from ray import tune
+
+            tune.report(mark_last_step(metrics, self.tune_max_steps))  # blocks until Tune takes it, as a trial's report

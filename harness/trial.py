@@ -29,7 +29,7 @@ from harness.evaluation import eval_folder, evaluate_suites
 from harness.launch import SELECTION_PREFIXES, check_selection
 from harness.pretrain import PreparedRun, train
 from harness.space import apply_params
-from harness.train_callbacks import LAST_STEP, QUICK_METRIC, ForwardEvalReports
+from harness.train_callbacks import LAST_STEP, QUICK_METRIC
 
 if TYPE_CHECKING:
     from eval.config import SuiteConfig
@@ -97,7 +97,7 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         tracking.log_params({f"trial.{k}": v for k, v in spec.overrides.items()})
         setup_s = time.time() - start
         summary = train(cfg, context.prepared, run, f"trial-{spec.label}", trial_dir, context.study_dir / "train",
-                        [ForwardEvalReports(cfg.optim.max_steps)], context.quick)
+                        cfg.optim.max_steps, context.quick)
         if summary["outcome"] != "finished":
             raise TrialDiverged(f"trial {spec.label}: {summary['note']}")
         trained = time.time()

@@ -1,5 +1,6 @@
-"""The ONE training loop, run by every Ray Train worker (`train_loop`, from harness.worker_entry), and its parts; its
-checkpoints are written and read through harness.checkpoint.
+"""The ONE training loop, run by every Ray Train worker, or with train.in_process by the calling process as the one
+worker (`train_loop`, from harness.worker_entry), and its parts; its checkpoints are written and read through
+harness.checkpoint.
 
 Each worker streams its shard of MASKED batches (Ray Data draws the masks: harness.stream), moves each to its
 device once, and runs the objective from the registry. The step has no host-device sync: metrics are summed on
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 import ray.train.torch
@@ -33,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from eval.quick import quick_probe
-from harness.checkpoint import Progress, read_checkpoint, save_checkpoint
+from harness.checkpoint import Progress, read_checkpoint, save_checkpoint, write_run_checkpoint
 from harness.config import Config, config_from_dict
 from harness.console import own_logging, progress_line, quiet_libraries
 from harness.perf import peak_flops
@@ -50,6 +51,9 @@ from harness.stream import MaskingStage, derived_seed, held_out, to_device
 from models import momentum_at
 from objectives import PretrainModule, train_flops_per_step
 from objectives.masking import MaskedBatch
+
+if TYPE_CHECKING:
+    from harness.train_callbacks import InProcessRun  # unpickled from the loop's config; its module imports Tune
 
 logger = logging.getLogger(__name__)
 
@@ -181,11 +185,10 @@ class Worker:
     progress: Progress
 
 
-def set_up(cfg: Config) -> Worker:
+def set_up(cfg: Config, device: torch.device, in_process: bool) -> Worker:
     """Build the module, optimiser and schedule on this worker's device; restore them from a checkpoint when Ray
-    hands one back (after a worker failure) or train.resume_from names one."""
-    context = ray.train.get_context()
-    device = ray.train.torch.get_device()
+    hands one back (after a worker failure) or train.resume_from names one (in process, the run's last checkpoint
+    arrives there: harness.pretrain.train)."""
     torch.set_num_threads(worker_threads(cfg))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -197,7 +200,10 @@ def set_up(cfg: Config) -> Worker:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, o.warmup_steps, o.max_steps, o.min_lr_ratio))
     progress = Progress()
-    restored = ray.train.get_checkpoint()  # Train V2 dropped resume_from_checkpoint: the loop loads it
+    rank, world = (0, 1) if in_process else (ray.train.get_context().get_world_rank(),
+                                             ray.train.get_context().get_world_size())
+    # Train V2 dropped resume_from_checkpoint: the loop loads it
+    restored = None if in_process else ray.train.get_checkpoint()
     if restored is None and cfg.train.resume_from:
         restored = ray.train.Checkpoint(cfg.train.resume_from)
     if restored is not None:
@@ -207,44 +213,57 @@ def set_up(cfg: Config) -> Worker:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         progress = Progress(**state["progress"])
-        logger.info("rank %d resumed at step %d (epoch %d, stream batch %d)", context.get_world_rank(),
-                    progress.step, progress.epoch, progress.position)
-    model = ray.train.torch.prepare_model(module)  # DDP (gloo on CPU, NCCL on GPU) when world > 1
+        logger.info("rank %d resumed at step %d (epoch %d, stream batch %d)", rank, progress.step, progress.epoch,
+                    progress.position)
+    # DDP (gloo on CPU, NCCL on GPU) when world > 1; in process, one worker on its device already
+    model = module if in_process else ray.train.torch.prepare_model(module)
     if compile_enabled(cfg, device):
         model = compile_forward(model)
-    return Worker(cfg, context.get_world_rank(), context.get_world_size(), device, module, model, optimizer,
-                  scheduler, progress)
+    return Worker(cfg, rank, world, device, module, model, optimizer, scheduler, progress)
 
 
-def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, export: bool) -> None:
+def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, export: bool,
+                          in_process: InProcessRun | None = None) -> None:
     """ray.train.report from every rank; rank 0 attaches the checkpoint when one is due.
 
     The checkpoint is written to a local staging directory, which Ray deletes once it has uploaded it to the run's
     storage. With train.async_checkpoint the upload runs in Ray's background thread while training goes on
     (reports stay in order: a later report waits for an earlier upload); the last checkpoint, which the driver
-    reads as the run's result, is always uploaded before report returns."""
+    reads as the run's result, is always uploaded before report returns.
+    In process (train.in_process), without Ray Train, the checkpoint is written to the run's storage directly and the
+    report goes to MLflow and Tune from here (harness.train_callbacks.InProcessRun)."""
     checkpoint = None
     if save and w.rank == 0:
-        staging = Path(tempfile.mkdtemp(prefix=f"pnr-checkpoint-{w.progress.step}-"))
-        save_checkpoint(staging, w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
-        checkpoint = ray.train.Checkpoint.from_directory(staging)
+        def write(directory: Path) -> None:
+            save_checkpoint(directory, w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
+
+        if in_process is not None:
+            write_run_checkpoint(Path(in_process.storage), w.progress.step, w.cfg.train.keep_checkpoints, write)
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f"pnr-checkpoint-{w.progress.step}-"))
+            write(staging)
+            checkpoint = ray.train.Checkpoint.from_directory(staging)
+    if in_process is not None:
+        in_process.after_report(report)
+        return
     background = w.cfg.train.checkpoint_async and not export
     ray.train.report(report, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True,
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if background
                      else ray.train.CheckpointUploadMode.SYNC)
 
 
-def train_loop(loop: dict[str, Any], batches: Iterator[tuple[MaskedBatch, int]], entered: float,
-               worker_start_s: float) -> None:
-    """The loop of `harness.worker_entry.train_loop_per_worker`, which started `batches` (this worker's stream) at
-    `entered` (perf_counter), worker_start_s after the driver's fit()."""
+def train_loop(loop: dict[str, Any], batches: Iterator[tuple[MaskedBatch, int]], device: torch.device,
+               entered: float, worker_start_s: float) -> None:
+    """The loop of harness.worker_entry, which started `batches` (this worker's stream) on `device` at `entered`
+    (perf_counter), worker_start_s after the driver's fit()."""
     # Where a run's time goes besides its steps (seconds, summed over the run so far; BENCHMARKS.md "Tune overhead").
     phases = {"perf/worker_start_s": worker_start_s, "perf/peak_s": 0.0, "perf/validate_s": 0.0, "perf/report_s": 0.0}
     own_logging()  # a worker process: its progress lines reach the driver's console
     quiet_libraries()
     cfg = config_from_dict(loop["config"])
+    in_process: InProcessRun | None = loop.get("in_process")
     # Ray Data's start-up runs in its processes while this one builds the model and reads the held-out batches.
-    w = set_up(cfg)
+    w = set_up(cfg, device, in_process is not None)
     o, t = cfg.optim, cfg.train
     val_batches = None
     if w.rank == 0 and t.eval_every:
@@ -290,7 +309,8 @@ def train_loop(loop: dict[str, Any], batches: Iterator[tuple[MaskedBatch, int]],
                   "train/ema_momentum": momentum, **phases}
         bad_step = meter.diverged_at()
         if bad_step is not None:
-            ray.train.report({**report, "diverged": 1.0, "diverged_at_step": bad_step})
+            report_and_checkpoint(w, {**report, "diverged": 1.0, "diverged_at_step": bad_step}, False, False,
+                                  in_process)
             logger.error("rank %d: diverged at step %d: the loss is not finite; stopping", w.rank, bad_step)
             return
         if eval_now:
@@ -301,7 +321,7 @@ def train_loop(loop: dict[str, Any], batches: Iterator[tuple[MaskedBatch, int]],
             phases["perf/validate_s"] += time.perf_counter() - validated
             report["perf/validate_s"] = phases["perf/validate_s"]
         reported = time.perf_counter()
-        report_and_checkpoint(w, report, save=bool(ckpt_now), export=last)
+        report_and_checkpoint(w, report, save=bool(ckpt_now), export=last, in_process=in_process)
         phases["perf/report_s"] += time.perf_counter() - reported
         if w.rank == 0 and log_now:
             logger.info("[%s] %s", loop["name"], progress_line(p.step, o.max_steps, time.perf_counter() - looping,

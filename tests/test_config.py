@@ -95,6 +95,13 @@ def test_bad_values_fail_naming_key_value_and_rule(override: str, fragment: str)
         load_config(CONFIGS / "small.yaml", [override])
 
 
+def test_in_process_runs_one_worker() -> None:
+    assert load_config(CONFIGS / "small.yaml", ["train.in_process=true"]).train.in_process
+    with pytest.raises(ConfigError, match=r"train\.in_process=True: runs one worker, in the calling process "
+                                          r"\(num_workers=2\): set num_workers=1 or in_process=false"):
+        load_config(CONFIGS / "small.yaml", ["train.in_process=true", "train.num_workers=2"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "placement", "background_upload"),
     [

@@ -9,7 +9,7 @@ from transformers import AutoModel
 
 from harness import tracking
 from harness.checkpoint import STATE_FILE
-from harness.config import load_config
+from harness.config import ConfigError, load_config
 from harness.pretrain import run_pretraining
 from harness.step import lr_multiplier
 from harness.tracking import TrackingError
@@ -147,9 +147,10 @@ def test_bad_inputs_fail_early_and_clearly(out: Path, override: str, error: type
     assert not (out / "runs" / "bad").exists()
 
 
-def test_divergence_ends_the_run_with_its_step(out: Path) -> None:
-    summary = run(out, "diverge", "optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=0",
-                  "train.log_every=5", "train.eval_every=0")
+@pytest.mark.parametrize("in_process", ["false", "true"])
+def test_divergence_ends_the_run_with_its_step(out: Path, in_process: str) -> None:
+    summary = run(out, f"diverge-{in_process}", "optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=0",
+                  "train.log_every=5", "train.eval_every=0", f"train.in_process={in_process}")
     assert summary["outcome"] == "diverged"
     assert summary["note"].startswith("diverged at step ")
     recorded = tracking.read_run(summary["tracking_uri"], summary["mlflow_run_id"])
@@ -167,3 +168,46 @@ def test_meter_means_host_and_device_metrics_and_finds_the_first_bad_step() -> N
     assert meter.read("train/") == {"train/ctx_len": 20.0, "train/loss": 4.0}
     assert meter.read("train/") == {}  # reading resets the sums
     assert meter.diverged_at() == 1
+
+
+def test_in_process_run_trains_as_a_ray_train_worker_does(out: Path) -> None:
+    """train.in_process: the same loop in the driver, without Ray Train's controller and worker processes; with one
+    worker's data order and seeds it reproduces a Ray Train run, and keeps its checkpoints in the run's storage."""
+    common = ["optim.max_steps=8", "train.log_every=1", "train.checkpoint_every=4", "train.keep_checkpoints=1",
+              "train.eval_every=4"]
+    on_ray = run(out, "on-ray", *common)
+    here = run(out, "in-process", *common, "train.in_process=true")
+    for key in ("train/loss", "val/loss"):
+        expected, got = dict(history(on_ray, key)), dict(history(here, key))
+        assert sorted(got) == sorted(expected) and got, key
+        for step, value in got.items():
+            assert value == pytest.approx(expected[step], rel=1e-5, abs=1e-6), (key, step)
+    storage = out / "ray_results" / "in-process"
+    assert [p.name for p in storage.iterdir()] == ["checkpoint_00000008"]  # train.keep_checkpoints=1
+    assert here["checkpoint"] == str(storage / "checkpoint_00000008")
+    assert AutoModel.from_pretrained(here["encoder"]).config.hidden_size == 64
+
+
+def test_in_process_loop_restarts_after_a_failure_and_a_rerun_continues_it(out: Path) -> None:
+    args = ["train.in_process=true", "optim.max_steps=30", "train.log_every=5", "train.checkpoint_every=10",
+            "train.eval_every=15"]
+    restarted = run(out, "in-process-fault", *args, step_hook=FailOnceAt(16, out / "in_process_fault"))
+    # The default train.max_failures: the loop restarted from the step-10 checkpoint; steps 11-16 ran twice.
+    assert [s for s, _ in history(restarted, "train/loss")] == [5, 10, 15, 15, 20, 25, 30]
+    assert restarted["outcome"] == "finished"
+
+    # No restart left: the run stops with the error, and the same call again continues it under its MLflow run.
+    with pytest.raises(RuntimeError, match="injected fault at step 16"):
+        run(out, "in-process-rerun", *args, "train.max_failures=0", step_hook=FailOnceAt(16, out / "rerun_fault"))
+    continued = run(out, "in-process-rerun", *args, "train.max_failures=0")
+    assert continued["outcome"] == "finished" and continued["steps"] == 30
+    assert [s for s, _ in history(continued, "train/loss")] == [5, 10, 15, 15, 20, 25, 30]
+    assert tracking.read_run(continued["tracking_uri"], continued["mlflow_run_id"])["status"] == "FINISHED"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_in_process_gpu_run_without_a_gpu_is_refused_before_any_work(out: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train\.in_process=True with train\.use_gpu=True: this process sees no "
+                                          r"CUDA GPU"):
+        run(out, "no-gpu", "train.in_process=true", "train.use_gpu=true")
+    assert not (out / "runs" / "no-gpu").exists()

@@ -1,5 +1,5 @@
 """Resume the way users expect: Ctrl-C, then the same command continues the run from its last checkpoint under the
-same MLflow run; --fresh starts over."""
+same MLflow run; --fresh starts over. On Ray Train's workers and in process (train.in_process)."""
 
 import os
 import signal
@@ -22,11 +22,12 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_the_same_command_continues_the_same_run(tmp_path: Path, ray_session) -> None:
+@pytest.mark.parametrize("in_process", ["false", "true"])
+def test_ctrl_c_then_the_same_command_continues_the_same_run(tmp_path: Path, ray_session, in_process: str) -> None:
     out = tmp_path / "outputs"
     command = [sys.executable, "-m", "harness.pretrain", "--config", str(TINY), f"output_dir={out}",
                "train.cpus_per_worker=0.5", "optim.max_steps=300", "train.log_every=10",
-               "train.checkpoint_every=20", "train.eval_every=0"]
+               "train.checkpoint_every=20", "train.eval_every=0", f"train.in_process={in_process}"]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 600

@@ -9,6 +9,7 @@ import pytest
 
 from harness.config import ConfigError, load_config
 from harness.evaluation import protocol_suite
+from harness.launch import check_trial_placement
 from harness.space import load_space
 from harness.study import differences, fingerprint, open_study
 from harness.trial import TrialSpec, check_metrics
@@ -107,3 +108,12 @@ def test_fingerprint_ignores_resources_and_names_what_differs(base) -> None:
     assert differences(fingerprint(base, None, grid), fingerprint(base, None, [TrialSpec("a", {"seed": 2})])) == \
         ["grid: was [{'label': 'a', 'overrides': {'seed': 1}, 'group': None}], "
          "now [{'label': 'a', 'overrides': {'seed': 2}, 'group': None}]"]
+
+
+def test_in_process_trials_are_refused_on_a_cluster_whose_trials_stay_on_its_head(base) -> None:
+    in_process = load_config(TINY, ["train.in_process=true"]).train
+    check_trial_placement(in_process, {"CPU": 2.0})  # one machine: the trials train where they run
+    check_trial_placement(base.train, {"CPU": 12.0, "head": 1.0})  # Ray Train workers go to the GPU nodes
+    with pytest.raises(ConfigError, match=r"train\.in_process=True: a study's trials run in processes on the "
+                                          r"cluster's head node .* set train\.in_process=false"):
+        check_trial_placement(in_process, {"CPU": 12.0, "GPU": 16.0, "head": 1.0})

@@ -117,3 +117,31 @@ def test_real_tiny_study_evaluates_every_trial_that_reached_its_last_step(ray_se
     tune_dir = study.context.study_dir / "tune"
     finals = [json.loads(f.read_text().splitlines()[-1]) for f in tune_dir.rglob("result.json")]
     assert len(finals) == 2 and all("select/mean_score" in r for r in finals)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_in_process_trials_report_to_tune_and_mlflow_from_the_trial(tmp_path: Path) -> None:
+    """train.in_process in a study: each trial runs its loop in its own Tune process (no Train controller, no Train
+    worker). Its reports still reach MLflow at every log step and Tune at every eval step (the last one marked), its
+    checkpoints land in the study's Train storage, and the finished trial is evaluated."""
+    out = tmp_path / "out"
+    cfg = load_config(TINY, [*lambda_sweep.SMOKE, "optim.max_steps=20", "train.eval_every=10", "study.scheduler=none",
+                             "study.name=in_process", "study.max_concurrent=1", "train.in_process=true",
+                             "eval.tasks=[sst2]", "eval.poolings=[mean]", f"output_dir={out}"])
+    with open_study(cfg, grid=[TrialSpec("a", {"seed": 0}), TrialSpec("b", {"seed": 1})]) as study:
+        result = study.run()
+    uri = result.tracking_uri
+    runs = {r["tags"]["label"]: r for r in tracking.child_runs(uri, result.parent_run_id)}
+    assert set(runs) == {"a", "b"}
+    tune_dir = study.context.study_dir / "tune"
+    for label, run in runs.items():
+        assert run["status"] == "FINISHED" and run["tags"]["outcome"] == "finished", (label, run["tags"])
+        assert sorted(_history(uri, run, "train/loss")) == [5, 10, 15, 20]
+        assert sorted(_history(uri, run, QUICK_METRIC)) == [10, 20]
+        assert "select/mean_score" in run["metrics"] and "probe/mean_score" in run["metrics"]
+        storage = study.context.study_dir / "train" / f"trial-{label}"
+        assert [p.name for p in storage.glob("checkpoint_*")] == ["checkpoint_00000020"]
+        (results,) = [f for f in tune_dir.rglob("result.json") if f"label_{label}" in str(f)]
+        reports = [json.loads(line) for line in results.read_text().splitlines()]
+        assert [(r["step"], r[LAST_STEP]) for r in reports] == [(10, 0.0), (20, 1.0), (20, 1.0)]
+        assert QUICK_METRIC in reports[0] and "select/mean_score" in reports[-1]
