@@ -63,6 +63,11 @@ def write_run_checkpoint(run_storage: Path, step: int, keep: int, write: Callabl
     return final
 
 
+def checkpoint_step(directory: Path) -> int:
+    """The step of an in-process run's checkpoint, from its folder's name."""
+    return int(RUN_CHECKPOINT.fullmatch(directory.name).group(1))
+
+
 def run_checkpoints(run_storage: Path) -> list[Path]:
     """An in-process run's complete checkpoints, oldest first."""
     found = [p for p in run_storage.glob("checkpoint_*") if RUN_CHECKPOINT.fullmatch(p.name) and p.is_dir()]

@@ -103,10 +103,10 @@ class TrainConfig:
     placement: str | None = None
     peak_flops: float | None = None  # per worker, for MFU; None: known GPU peak, or a measured CPU matmul peak
     resume_from: str | None = None  # a checkpoint directory of an earlier run with the same model/objective
-    # Run the loop in the calling process (the driver, or a study's trial) with Ray Train's local mode: no Train
-    # controller and no worker processes to start (seconds of every run on a small machine). One worker only;
-    # harness.pretrain then does what Train's controller does: reports to MLflow and Tune, keeps the checkpoints
-    # under the run's storage, and restarts the loop from the last one after a failure (max_failures).
+    # Run the loop in the calling process (the driver, or a study's trial), without Ray Train: no Train controller
+    # and no worker processes to start (seconds of every run on a small machine). One worker only; harness.pretrain
+    # then does what Train's controller does: reports to MLflow and Tune, keeps the checkpoints under the run's
+    # storage, and restarts the loop from the last one after a failure (max_failures).
     in_process: bool = False
 
     def __post_init__(self) -> None:

@@ -33,7 +33,7 @@ import torch
 from ray import cloudpickle
 
 from harness import tracking
-from harness.checkpoint import ENCODER_DIR, check_compatible, read_checkpoint, run_checkpoints
+from harness.checkpoint import ENCODER_DIR, check_compatible, checkpoint_step, read_checkpoint, run_checkpoints
 from harness.config import Config, ConfigError, load_config, resolve_location, resolve_path
 from harness.console import init_ray, own_logging, quiet_libraries
 from harness.costs import warn_if_costly
@@ -154,9 +154,14 @@ def train_here(cfg: Config, loop_config: dict[str, Any], stream: dict[str, ray.d
     worker is done here and in InProcessRun. A failed loop restarts from the run's last checkpoint (or its
     train.resume_from), up to train.max_failures times. Returns the last checkpoint (a finished run's holds the
     encoder; a diverged run may have none), as Ray Train's result does."""
+    storage = Path(in_process.storage)
+    saved = run_checkpoints(storage)
+    if saved and checkpoint_step(saved[-1]) >= cfg.optim.max_steps:  # trained to the end before it stopped (export)
+        logger.info("%s: trained to step %d already; exporting its last checkpoint", loop_config["name"],
+                    cfg.optim.max_steps)
+        return ray.train.Checkpoint.from_directory(str(saved[-1]))
     dataset = stream["train"]
     dataset.context.execution_options.preserve_order = True  # as Train's DataConfig asks (build_trainer)
-    storage = Path(in_process.storage)
     for attempt in range(cfg.train.max_failures + 1):
         saved = run_checkpoints(storage)
         if saved:

@@ -101,17 +101,23 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         if summary["outcome"] != "finished":
             raise TrialDiverged(f"trial {spec.label}: {summary['note']}")
         trained = time.time()
-        # "DEFAULT": not inside the trial's placement group (Tune captures child tasks into it by default). On a GPU
-        # the task's process ends with it (max_calls=1, which .options() does not take), its CUDA context and cached
-        # memory too; on CPU an idle process waits for the next trial's evaluation with its imports done.
-        evaluation = ray.remote(max_calls=1 if cfg.train.use_gpu else 0)(evaluate_suites)
-        options = {"num_cpus": cfg.eval.cpus, "num_gpus": 1 if cfg.train.use_gpu else 0,
-                   "scheduling_strategy": "DEFAULT"}
-        final, eval_walls = ray.get(evaluation.options(**options).remote(
-            Path(summary["encoder"]), context.glue_dir, context.suites, trial_dir, spec.label,
-            spec.group or spec.label))
+        args = (Path(summary["encoder"]), context.glue_dir, context.suites, trial_dir, spec.label,
+                spec.group or spec.label)
+        if cfg.train.in_process:
+            # The trial's process holds the worker's CPUs (and GPU) until it returns: a task asking for them would
+            # wait forever on a machine they fill. It evaluates here, and its next trial finds the suite imported.
+            final, eval_walls = evaluate_suites(*args)
+        else:
+            # "DEFAULT": not inside the trial's placement group (Tune captures child tasks into it by default). On a
+            # GPU the task's process ends with it (max_calls=1, which .options() does not take), its CUDA context and
+            # cached memory too; on CPU an idle process waits for the next trial's evaluation with its imports done.
+            evaluation = ray.remote(max_calls=1 if cfg.train.use_gpu else 0)(evaluate_suites)
+            options = {"num_cpus": cfg.eval.cpus, "num_gpus": 1 if cfg.train.use_gpu else 0,
+                       "scheduling_strategy": "DEFAULT"}
+            final, eval_walls = ray.get(evaluation.options(**options).remote(*args))
         evaluated = time.time()
-        # The evaluation ran in its own task, outside this run: its metrics and tables are logged here.
+        # The evaluation ran outside this run (in its own task, or in the suite's code): its metrics and tables are
+        # logged here.
         tracking.log_metrics(final)
         for suite in context.suites:
             folder = eval_folder(suite.protocol)

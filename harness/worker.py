@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import ray.train
 import ray.train.torch
 import torch
+import torch._dynamo
 import torch.distributed as dist
 
 from eval.quick import quick_probe
@@ -218,6 +219,8 @@ def set_up(cfg: Config, device: torch.device, in_process: bool) -> Worker:
     # DDP (gloo on CPU, NCCL on GPU) when world > 1; in process, one worker on its device already
     model = module if in_process else ray.train.torch.prepare_model(module)
     if compile_enabled(cfg, device):
+        if in_process:  # a study's trial process serves the next trial: not on the guards of the last one's graphs
+            torch._dynamo.reset()
         model = compile_forward(model)
     return Worker(cfg, rank, world, device, module, model, optimizer, scheduler, progress)
 

@@ -10,9 +10,10 @@ from transformers import AutoModel
 from harness import tracking
 from harness.checkpoint import STATE_FILE
 from harness.config import ConfigError, load_config
-from harness.pretrain import run_pretraining
+from harness.pretrain import run_pretraining, train_here
 from harness.step import lr_multiplier
 from harness.tracking import TrackingError
+from harness.train_callbacks import InProcessRun
 from harness.worker import FailOnceAt
 
 TINY = Path(__file__).resolve().parents[1] / "studies" / "configs" / "tiny.yaml"
@@ -211,3 +212,15 @@ def test_in_process_gpu_run_without_a_gpu_is_refused_before_any_work(out: Path) 
                                           r"CUDA GPU"):
         run(out, "no-gpu", "train.in_process=true", "train.use_gpu=true")
     assert not (out / "runs" / "no-gpu").exists()
+
+
+def test_in_process_run_that_trained_to_its_end_is_not_trained_again(out: Path) -> None:
+    """A run stopped after its last checkpoint (e.g. in the export) is exported from it on rerun: the stream holds no
+    batch past the last step, so the loop must not start again."""
+    storage = out / "ray_results" / "in-process"
+    if not storage.is_dir():
+        run(out, "in-process", "optim.max_steps=8", "train.checkpoint_every=4", "train.eval_every=0",
+            "train.in_process=true")
+    cfg = load_config(TINY, [f"output_dir={out}", "optim.max_steps=8", "train.in_process=true"])
+    checkpoint = train_here(cfg, {"name": "in-process"}, {}, InProcessRun(str(storage), "", "", None))
+    assert checkpoint.path == str(storage / "checkpoint_00000008")
