@@ -87,19 +87,23 @@ def masked_stream(cfg: Config, prepared: PreparedRun, stage: MaskingStage) -> di
     """The Train dataset: the prepared train split with the masks of `cfg`'s objective drawn by Ray Data."""
     sequences = read_manifest(prepared.data_dir)["counts"]["train"]["sequences"]
     epochs = epochs_needed(cfg.optim.max_steps, cfg.optim.batch_size, cfg.train.num_workers, sequences)
-    return masked_datasets(read_prepared(prepared.data_dir, ["train"]), stage, epochs,
-                           batches=cfg.optim.max_steps * cfg.train.num_workers)
+    datasets = masked_datasets(read_prepared(prepared.data_dir, ["train"]), stage, epochs,
+                               batches=cfg.optim.max_steps * cfg.train.num_workers)
+    # A fixed block order, on a Train worker (build_trainer's DataConfig asks it too) or in process: one worker's data
+    # order, and so a resumed run, is reproducible.
+    datasets["train"].context.execution_options.preserve_order = True
+    return datasets
 
 
 def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str, run_dir: Path, storage: Path,
-          tune_max_steps: int | None = None, quick_tasks: list | None = None,
+          report_to_tune: bool = False, quick_tasks: list | None = None,
           step_hook: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
     """Train one run on Ray (logging to the open MLflow `run`), export its encoder to run_dir/encoder.
 
     `cfg` may differ from prepared.cfg in anything but the data section (a study's trial). A Train run
     whose `name` already has checkpoints under `storage` resumes from the latest one (Train V2; in process, the
     latest of harness.checkpoint.run_checkpoints).
-    `tune_max_steps`: a study's trial of that many steps; its eval steps' reports go on to Tune.
+    `report_to_tune`: a study's trial; its eval steps' reports go on to Tune.
     `quick_tasks` (eval.quick.build_quick_probe): run the quick probe on rank 0 at every eval step.
     `step_hook(step, rank, world)`: called before every step (tests inject faults with FailOnceAt)."""
     if cfg.data != prepared.cfg.data:
@@ -108,6 +112,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     run_dir.mkdir(parents=True, exist_ok=True)
     stage = masking_stage(cfg, prepared)
     uri = prepared.tracking_uri
+    tune_max_steps = cfg.optim.max_steps if report_to_tune else None
     in_process = InProcessRun(str(storage / name), uri, run.run_id, tune_max_steps) if cfg.train.in_process else None
     # Train's controller unpickles the loop's config with the run's context before it starts the workers; the
     # masking stage and the quick probe's tasks would make it import torch and the objectives (seconds of every
@@ -115,7 +120,7 @@ def train(cfg: Config, prepared: PreparedRun, run: tracking.RunHandle, name: str
     pickled = cloudpickle.dumps({"quick_probe": quick_tasks, "step_hook": step_hook, "in_process": in_process,
                                  "held_out": (str(prepared.data_dir), stage)})
     callbacks = [] if in_process else [ReportToMLflow(uri, run.run_id),
-                                       *([ForwardEvalReports(tune_max_steps)] if tune_max_steps else [])]
+                                       *([ForwardEvalReports(cfg.optim.max_steps)] if report_to_tune else [])]
     fit_called_at = time.time()
     loop_config = {"config": cfg.to_dict(), "name": name, "pickled": pickled, "fit_called_at": fit_called_at}
     if in_process:
@@ -155,20 +160,19 @@ def train_here(cfg: Config, loop_config: dict[str, Any], stream: dict[str, ray.d
     train.resume_from), up to train.max_failures times. Returns the last checkpoint (a finished run's holds the
     encoder; a diverged run may have none), as Ray Train's result does."""
     storage = Path(in_process.storage)
-    saved = run_checkpoints(storage)
-    if saved and checkpoint_step(saved[-1]) >= cfg.optim.max_steps:  # trained to the end before it stopped (export)
-        logger.info("%s: trained to step %d already; exporting its last checkpoint", loop_config["name"],
-                    cfg.optim.max_steps)
-        return ray.train.Checkpoint.from_directory(str(saved[-1]))
-    dataset = stream["train"]
-    dataset.context.execution_options.preserve_order = True  # as Train's DataConfig asks (build_trainer)
     for attempt in range(cfg.train.max_failures + 1):
         saved = run_checkpoints(storage)
+        # Trained to its last step already (it stopped in its export or its last report): the stream holds no batch
+        # past that step, so the loop does not run again.
+        if saved and checkpoint_step(saved[-1]) >= cfg.optim.max_steps:
+            logger.info("%s: trained to step %d already; exporting its last checkpoint", loop_config["name"],
+                        cfg.optim.max_steps)
+            break
         if saved:
             resumed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume_from=str(saved[-1])))
             loop_config = {**loop_config, "config": resumed.to_dict()}
         try:
-            train_in_process(loop_config, dataset, cfg.train.use_gpu)
+            train_in_process(loop_config, stream["train"], cfg.train.use_gpu)
             break
         except Exception as e:
             if attempt == cfg.train.max_failures:

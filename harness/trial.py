@@ -97,7 +97,7 @@ def run_trial(params: dict[str, Any], context: StudyContext) -> None:
         tracking.log_params({f"trial.{k}": v for k, v in spec.overrides.items()})
         setup_s = time.time() - start
         summary = train(cfg, context.prepared, run, f"trial-{spec.label}", trial_dir, context.study_dir / "train",
-                        cfg.optim.max_steps, context.quick)
+                        report_to_tune=True, quick_tasks=context.quick)
         if summary["outcome"] != "finished":
             raise TrialDiverged(f"trial {spec.label}: {summary['note']}")
         trained = time.time()

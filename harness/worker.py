@@ -201,8 +201,8 @@ def set_up(cfg: Config, device: torch.device, in_process: bool) -> Worker:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, o.warmup_steps, o.max_steps, o.min_lr_ratio))
     progress = Progress()
-    rank, world = (0, 1) if in_process else (ray.train.get_context().get_world_rank(),
-                                             ray.train.get_context().get_world_size())
+    context = None if in_process else ray.train.get_context()
+    rank, world = (0, 1) if context is None else (context.get_world_rank(), context.get_world_size())
     # Train V2 dropped resume_from_checkpoint: the loop loads it
     restored = None if in_process else ray.train.get_checkpoint()
     if restored is None and cfg.train.resume_from:
