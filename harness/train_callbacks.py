@@ -64,10 +64,16 @@ class InProcessRun:
     run_id: str
     tune_max_steps: int | None  # a study's trial: forward its eval steps to Tune; None: a run of harness.pretrain
 
-    def after_report(self, metrics: dict[str, Any]) -> None:
+    def log(self, metrics: dict[str, Any]) -> None:
+        """To MLflow, before the step's checkpoint is written: a rerun continues from the last checkpoint, so its step
+        must already be in the run's history however the run stops (Train's controller registers a checkpoint, then
+        runs ReportToMLflow, within one call)."""
         from harness import tracking
 
         tracking.log_report(self.uri, self.run_id, metrics)
+
+    def forward_to_tune(self, metrics: dict[str, Any]) -> None:
+        """In a study's trial, after the step's checkpoint: a trial that Tune stops at this report keeps it."""
         if self.tune_max_steps is not None and QUICK_METRIC in metrics:
             from ray import tune
 

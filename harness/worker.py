@@ -233,22 +233,22 @@ def report_and_checkpoint(w: Worker, report: dict[str, float], save: bool, expor
     storage. With train.async_checkpoint the upload runs in Ray's background thread while training goes on
     (reports stay in order: a later report waits for an earlier upload); the last checkpoint, which the driver
     reads as the run's result, is always uploaded before report returns.
-    In process (train.in_process), without Ray Train, the checkpoint is written to the run's storage directly and the
-    report goes to MLflow and Tune from here (harness.train_callbacks.InProcessRun)."""
+    In process (train.in_process), without Ray Train, the checkpoint is written to the run's storage directly, and
+    the report goes from here to MLflow before it and to Tune after it (harness.train_callbacks.InProcessRun)."""
+    def write(directory: Path) -> None:
+        save_checkpoint(directory, w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
+
+    if in_process is not None:  # one worker: rank 0
+        in_process.log(report)
+        if save:
+            write_run_checkpoint(Path(in_process.storage), w.progress.step, w.cfg.train.keep_checkpoints, write)
+        in_process.forward_to_tune(report)
+        return
     checkpoint = None
     if save and w.rank == 0:
-        def write(directory: Path) -> None:
-            save_checkpoint(directory, w.module, w.optimizer, w.scheduler, w.progress, w.cfg, export=export)
-
-        if in_process is not None:
-            write_run_checkpoint(Path(in_process.storage), w.progress.step, w.cfg.train.keep_checkpoints, write)
-        else:
-            staging = Path(tempfile.mkdtemp(prefix=f"pnr-checkpoint-{w.progress.step}-"))
-            write(staging)
-            checkpoint = ray.train.Checkpoint.from_directory(staging)
-    if in_process is not None:
-        in_process.after_report(report)
-        return
+        staging = Path(tempfile.mkdtemp(prefix=f"pnr-checkpoint-{w.progress.step}-"))
+        write(staging)
+        checkpoint = ray.train.Checkpoint.from_directory(staging)
     background = w.cfg.train.checkpoint_async and not export
     ray.train.report(report, checkpoint=checkpoint, delete_local_checkpoint_after_upload=True,
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if background
