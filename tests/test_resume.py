@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness import tracking
+from harness.checkpoint import checkpoint_step
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "configs" / "tiny.yaml"
@@ -35,9 +36,9 @@ def test_ctrl_c_then_the_same_command_continues_the_same_run(tmp_path: Path, ray
     while not checkpoints(out) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert first.poll() is None, "the run ended before it could be interrupted"
+    client = MlflowClient(tracking.default_uri(out))
     if in_process == "true":  # its step reached MLflow before the checkpoint was written: a rerun leaves no gap
-        written = {int(p.name.removeprefix("checkpoint_")) for p in checkpoints(out)}
-        client = MlflowClient(tracking.default_uri(out))
+        written = {checkpoint_step(p) for p in checkpoints(out)}
         (run,) = client.search_runs([client.get_experiment_by_name("predict-and-reconstruct").experiment_id])
         assert written <= {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
     first.send_signal(signal.SIGINT)
@@ -45,8 +46,6 @@ def test_ctrl_c_then_the_same_command_continues_the_same_run(tmp_path: Path, ray
     assert first.returncode == 130, output[-3000:]
     assert "run the same command again" in output and "harness.pretrain --config" in output
 
-    uri = tracking.default_uri(out)
-    client = MlflowClient(uri)
     (interrupted,) = client.search_runs([client.get_experiment_by_name("predict-and-reconstruct").experiment_id])
     assert interrupted.info.status == "KILLED"
     before = [m.step for m in client.get_metric_history(interrupted.info.run_id, "train/loss")]
@@ -60,9 +59,9 @@ def test_ctrl_c_then_the_same_command_continues_the_same_run(tmp_path: Path, ray
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["step"] == 300
     steps = [m.step for m in client.get_metric_history(interrupted.info.run_id, "train/loss")]
     resumed = steps[len(before):]
-    checkpoint_step = resumed[0] - 10
-    assert checkpoint_step % 20 == 0 and checkpoint_step <= before[-1]  # continued at a checkpoint, not at 0
-    assert resumed == list(range(checkpoint_step + 10, 301, 10))
+    resumed_at = resumed[0] - 10
+    assert resumed_at % 20 == 0 and resumed_at <= before[-1]  # continued at a checkpoint, not at 0
+    assert resumed == list(range(resumed_at + 10, 301, 10))
 
     fresh = subprocess.run([*command, "--fresh", "optim.max_steps=20"], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=900)
